@@ -7,5 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod core;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod storage;
 pub mod transport;

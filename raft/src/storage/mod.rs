@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use crate::core::{Entry, HardState, Index, SnapshotMeta};
+use crate::core::{Entry, HardState, SnapshotMeta};
 
 /// What a node finds on disk when it starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

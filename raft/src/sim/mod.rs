@@ -1,0 +1,838 @@
+//! A deterministic cluster simulator for testing the core.
+//!
+//! N [`RaftNode`]s share a virtual clock, a seeded random generator and a simulated
+//! network that can drop, delay (and so reorder), duplicate and partition messages,
+//! one link or one direction at a time. Each node has a simulated disk: a ready's
+//! writes stay unsynced for a disk latency, during which the node is busy; a crash
+//! loses unsynced writes, and a restart rebuilds the node from what was synced.
+//!
+//! Everything is driven by one event queue ordered by (time, sequence number), so the
+//! same seed always replays the same run. Tests can run until a condition holds,
+//! stop, look at or change any node, deliver or drop single in-flight messages, and
+//! resume. After every event the Raft safety properties are checked:
+//!
+//! * election safety: at most one leader per term;
+//! * log matching: two logs with an entry of the same index and term agree on every
+//!   entry up to it (checked periodically and on demand, it is O(log length));
+//! * leader completeness: a new leader holds every entry any node has committed;
+//! * state machine safety: no two nodes apply different entries at the same index;
+//! * committed entries are never lost or changed.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
+
+use bytes::Bytes;
+
+use crate::core::{
+    Config, Entry, EntryPayload, HardState, Index, Membership, Message, NodeId, RaftNode, Ready, Restore,
+    Role, SnapshotMeta, Term,
+};
+
+/// Virtual time in microseconds.
+pub type Time = u64;
+
+/// Knobs of a simulated cluster.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Virtual microseconds between two ticks of a node.
+    pub tick_us: Time,
+    /// Network latency range (microseconds); each message draws one, so messages are
+    /// reordered whenever the range is wide.
+    pub latency_us: (Time, Time),
+    /// Probability that a message is lost.
+    pub drop_rate: f64,
+    /// Probability that a message is delivered twice.
+    pub dup_rate: f64,
+    /// Disk sync latency range (microseconds).
+    pub disk_us: (Time, Time),
+    /// Election timeout and heartbeat, in ticks.
+    pub election_ticks: u32,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u32,
+    /// Pre-vote on or off.
+    pub pre_vote: bool,
+    /// Check-quorum on or off.
+    pub check_quorum: bool,
+    /// Run the O(log) log-matching check every this many events (0: only on demand).
+    pub full_check_every: u64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            tick_us: 10_000,
+            latency_us: (200, 2_000),
+            drop_rate: 0.0,
+            dup_rate: 0.0,
+            disk_us: (50, 500),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            full_check_every: 64,
+        }
+    }
+}
+
+/// A message on the simulated wire.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// Identifier for delivering or dropping it by hand.
+    pub id: u64,
+    /// When it will be delivered.
+    pub at: Time,
+    /// The message.
+    pub msg: Message,
+}
+
+/// What a simulated node durably holds.
+#[derive(Debug, Clone, Default)]
+pub struct Disk {
+    /// Synced hard state.
+    pub hard_state: HardState,
+    /// Synced snapshot point.
+    pub snapshot: SnapshotMeta,
+    /// Synced entries after the snapshot point.
+    pub entries: Vec<Entry>,
+}
+
+impl Disk {
+    fn write(&mut self, hs: Option<HardState>, entries: &[Entry]) {
+        if let Some(hs) = hs {
+            self.hard_state = hs;
+        }
+        if let Some(first) = entries.first() {
+            let keep = (first.index - self.snapshot.index - 1) as usize;
+            self.entries.truncate(keep);
+            self.entries.extend_from_slice(entries);
+        }
+    }
+}
+
+/// One simulated node.
+#[derive(Debug)]
+pub struct SimNode {
+    /// The core, or `None` while crashed.
+    pub raft: Option<RaftNode>,
+    /// The synced disk.
+    pub disk: Disk,
+    /// Entries applied by this node's state machine since it last started, in order.
+    pub applied: Vec<Entry>,
+    /// A ready whose writes are not synced yet (the node is busy until `busy_until`).
+    unsynced: Option<Ready>,
+    busy_until: Time,
+    /// Inputs that arrived while busy, processed in order once the write completes.
+    deferred: Vec<Event>,
+    restarts: u64,
+}
+
+impl SimNode {
+    /// The core; panics if the node is crashed (tests know which nodes are up).
+    pub fn raft(&self) -> &RaftNode {
+        self.raft.as_ref().expect("node is crashed")
+    }
+
+    /// Mutable access to the core, to change a node's state from a test.
+    pub fn raft_mut(&mut self) -> &mut RaftNode {
+        self.raft.as_mut().expect("node is crashed")
+    }
+
+    /// Whether the node is running.
+    pub fn is_up(&self) -> bool {
+        self.raft.is_some()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    /// A node's clock (node, incarnation): a restarted node starts a new chain.
+    Tick(NodeId, u64),
+    Deliver(u64),
+    DiskDone(NodeId),
+}
+
+/// A proposal the simulator made on behalf of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    /// Where the leader put it.
+    pub index: Index,
+    /// The leader's term.
+    pub term: Term,
+    /// The payload.
+    pub data: Bytes,
+}
+
+/// The simulated cluster.
+pub struct Sim {
+    /// The nodes.
+    pub nodes: BTreeMap<NodeId, SimNode>,
+    /// Options in force (may be changed between steps).
+    pub opts: SimOptions,
+    seed: u64,
+    rng: crate::core::Rng,
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Time, u64, u64)>>,
+    events: BTreeMap<u64, Event>,
+    wire: BTreeMap<u64, InFlight>,
+    /// Directed links that drop everything: (from, to).
+    blocked: HashSet<(NodeId, NodeId)>,
+    /// When set, messages are not delivered automatically: tests deliver them by hand.
+    hold: bool,
+    /// When set, nodes do not tick automatically.
+    frozen_clock: bool,
+    leaders: BTreeMap<Term, NodeId>,
+    committed: BTreeMap<Index, (Term, EntryPayload)>,
+    applied_global: BTreeMap<Index, (Term, EntryPayload)>,
+    events_run: u64,
+    membership: Membership,
+    reads_done: BTreeMap<NodeId, Vec<(u64, Option<Index>)>>,
+}
+
+impl Sim {
+    /// A cluster of nodes `1..=n` that all start empty with the same configuration.
+    pub fn new(n: u64, seed: u64, opts: SimOptions) -> Self {
+        let ids: Vec<NodeId> = (1..=n).collect();
+        let membership = Membership::with_voters(ids.iter().copied());
+        let mut sim = Sim {
+            nodes: BTreeMap::new(),
+            opts,
+            seed,
+            rng: crate::core::Rng::new(seed ^ 0xA5A5_5A5A_DEAD_BEEF),
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            wire: BTreeMap::new(),
+            blocked: HashSet::new(),
+            hold: false,
+            frozen_clock: false,
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            applied_global: BTreeMap::new(),
+            events_run: 0,
+            membership: membership.clone(),
+            reads_done: BTreeMap::new(),
+        };
+        for id in ids {
+            let disk = Disk {
+                snapshot: SnapshotMeta {
+                    index: 0,
+                    term: 0,
+                    membership: membership.clone(),
+                },
+                ..Default::default()
+            };
+            sim.nodes.insert(
+                id,
+                SimNode {
+                    raft: None,
+                    disk,
+                    applied: Vec::new(),
+                    unsynced: None,
+                    busy_until: 0,
+                    deferred: Vec::new(),
+                    restarts: 0,
+                },
+            );
+            sim.start_node(id);
+        }
+        sim
+    }
+
+    /// The seed this run was created with.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The core config a node gets in this simulation.
+    pub fn node_config(&self, id: NodeId, restarts: u64) -> Config {
+        let mut cfg = Config::new(id);
+        cfg.election_ticks = self.opts.election_ticks;
+        cfg.heartbeat_ticks = self.opts.heartbeat_ticks;
+        cfg.pre_vote = self.opts.pre_vote;
+        cfg.check_quorum = self.opts.check_quorum;
+        cfg.max_inflight_msgs = 8;
+        cfg.max_entries_per_msg = 16;
+        cfg.seed = self
+            .seed
+            .wrapping_mul(31)
+            .wrapping_add(id * 1_000_003 + restarts * 7919);
+        cfg
+    }
+
+    fn start_node(&mut self, id: NodeId) {
+        let restarts = self.nodes[&id].restarts;
+        let cfg = self.node_config(id, restarts);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let restore = Restore {
+            hard_state: node.disk.hard_state,
+            snapshot: node.disk.snapshot.clone(),
+            entries: node.disk.entries.clone(),
+            applied: 0,
+        };
+        node.raft = Some(RaftNode::new(cfg, restore).expect("valid sim config"));
+        node.applied.clear();
+        node.unsynced = None;
+        node.deferred.clear();
+        node.busy_until = 0;
+        // Nodes tick at staggered offsets so they are not in lockstep.
+        let offset = self.rng.below(self.opts.tick_us.max(1));
+        self.schedule(self.now + offset, Event::Tick(id, restarts));
+    }
+
+    fn schedule(&mut self, at: Time, ev: Event) -> u64 {
+        self.seq += 1;
+        let id = self.seq;
+        self.queue.push(Reverse((at, id, id)));
+        self.events.insert(id, ev);
+        id
+    }
+
+    // ------------------------------------------------------------- faults
+
+    /// Block every message from `from` to `to` (one direction).
+    pub fn block(&mut self, from: NodeId, to: NodeId) {
+        self.blocked.insert((from, to));
+    }
+
+    /// Cut a node off from everyone, both directions.
+    pub fn isolate(&mut self, id: NodeId) {
+        let others: Vec<NodeId> = self.nodes.keys().copied().filter(|&o| o != id).collect();
+        for o in others {
+            self.block(id, o);
+            self.block(o, id);
+        }
+    }
+
+    /// Split the cluster into two sides that cannot talk to each other.
+    pub fn partition(&mut self, side: &[NodeId]) {
+        let side: BTreeSet<NodeId> = side.iter().copied().collect();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for &a in &ids {
+            for &b in &ids {
+                if side.contains(&a) != side.contains(&b) {
+                    self.block(a, b);
+                }
+            }
+        }
+    }
+
+    /// Restore every link.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Stop delivering messages automatically (they wait on the wire for
+    /// [`Sim::deliver`]), or resume.
+    pub fn hold_messages(&mut self, hold: bool) {
+        self.hold = hold;
+    }
+
+    /// Stop or resume automatic ticks.
+    pub fn freeze_clock(&mut self, frozen: bool) {
+        self.frozen_clock = frozen;
+    }
+
+    /// Crash a node: its memory and unsynced writes are lost; the disk stays.
+    pub fn crash(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.raft = None;
+            node.unsynced = None;
+            node.deferred.clear();
+            node.applied.clear();
+        }
+    }
+
+    /// Restart a crashed node from its disk.
+    pub fn restart(&mut self, id: NodeId) {
+        if self.nodes.get(&id).is_some_and(|n| !n.is_up()) {
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.restarts += 1;
+            }
+            self.start_node(id);
+        }
+    }
+
+    // ------------------------------------------------------------ clients
+
+    /// The node that currently believes it leads with the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(&id, n)| n.raft.as_ref().map(|r| (id, r)))
+            .filter(|(_, r)| r.role() == Role::Leader)
+            .max_by_key(|(_, r)| r.term())
+            .map(|(id, _)| id)
+    }
+
+    /// Propose `data` on node `id` and process the resulting ready.
+    pub fn propose(&mut self, id: NodeId, data: impl Into<Bytes>) -> Option<Proposal> {
+        let data = data.into();
+        let raft = self.nodes.get_mut(&id)?.raft.as_mut()?;
+        let (index, term) = raft.propose(data.clone()).ok()?;
+        self.process_ready(id);
+        self.check_invariants();
+        Some(Proposal { index, term, data })
+    }
+
+    /// Start a linearizable read on node `id`.
+    pub fn read_index(&mut self, id: NodeId, ctx: u64) -> bool {
+        let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) else {
+            return false;
+        };
+        let ok = raft.read_index(ctx).is_ok();
+        self.process_ready(id);
+        ok
+    }
+
+    /// Ask the leader `id` to transfer leadership to `to`.
+    pub fn transfer_leader(&mut self, id: NodeId, to: NodeId) -> bool {
+        let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) else {
+            return false;
+        };
+        let ok = raft.transfer_leader(to).is_ok();
+        self.process_ready(id);
+        ok
+    }
+
+    /// Let a test change a node's core directly, then process what that produced.
+    pub fn with_node<R>(&mut self, id: NodeId, f: impl FnOnce(&mut RaftNode) -> R) -> R {
+        let r = f(self.nodes.get_mut(&id).expect("known node").raft_mut());
+        self.process_ready(id);
+        self.check_invariants();
+        r
+    }
+
+    /// Reads completed on node `id` so far: (ctx, index).
+    pub fn reads(&self, id: NodeId) -> &[(u64, Option<Index>)] {
+        self.reads_done.get(&id).map_or(&[], |v| v.as_slice())
+    }
+
+    // ------------------------------------------------------------- running
+
+    /// Messages on the wire, in delivery order.
+    pub fn in_flight(&self) -> Vec<InFlight> {
+        let mut v: Vec<InFlight> = self.wire.values().cloned().collect();
+        v.sort_by_key(|m| (m.at, m.id));
+        v
+    }
+
+    /// Deliver one in-flight message now (even while messages are held).
+    pub fn deliver(&mut self, msg_id: u64) {
+        if let Some(m) = self.wire.remove(&msg_id) {
+            self.deliver_msg(m.msg);
+            self.check_invariants();
+        }
+    }
+
+    /// Drop one in-flight message.
+    pub fn drop_msg(&mut self, msg_id: u64) {
+        self.wire.remove(&msg_id);
+    }
+
+    /// Deliver every message on the wire matching `pred`, oldest first, including
+    /// those that the deliveries produce, until none is left.
+    pub fn deliver_all_matching(&mut self, pred: impl Fn(&Message) -> bool) {
+        loop {
+            let next = self.in_flight().into_iter().find(|m| pred(&m.msg));
+            match next {
+                Some(m) => self.deliver(m.id),
+                None => break,
+            }
+        }
+    }
+
+    /// Tick node `id` once by hand.
+    pub fn tick(&mut self, id: NodeId) {
+        if let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+            raft.tick();
+            self.process_ready(id);
+            self.check_invariants();
+        }
+    }
+
+    /// Run one event. Returns false if nothing is left to do.
+    pub fn step(&mut self) -> bool {
+        let Some(Reverse((at, _, ev_id))) = self.queue.pop() else {
+            return false;
+        };
+        let Some(ev) = self.events.remove(&ev_id) else {
+            return true;
+        };
+        self.now = self.now.max(at);
+        self.events_run += 1;
+        match ev {
+            Event::Tick(id, incarnation) => {
+                let tick_us = self.opts.tick_us;
+                if !self
+                    .nodes
+                    .get(&id)
+                    .is_some_and(|n| n.is_up() && n.restarts == incarnation)
+                {
+                    return true;
+                }
+                self.schedule(self.now + tick_us, Event::Tick(id, incarnation));
+                if !self.frozen_clock {
+                    self.input(id, Event::Tick(id, incarnation));
+                }
+            }
+            Event::Deliver(mid) => {
+                if self.hold {
+                    // Put it back; it waits for a manual delivery.
+                    self.schedule(self.now + self.opts.tick_us, Event::Deliver(mid));
+                    return true;
+                }
+                if let Some(m) = self.wire.remove(&mid) {
+                    self.deliver_msg(m.msg);
+                }
+            }
+            Event::DiskDone(id) => self.finish_ready(id),
+        }
+        if self.opts.full_check_every > 0 && self.events_run % self.opts.full_check_every == 0 {
+            self.check_log_matching();
+        }
+        self.check_invariants();
+        true
+    }
+
+    /// Run until `cond` holds (checked after every event) or `max_us` of virtual time
+    /// pass. Returns whether the condition held.
+    pub fn run_until(&mut self, max_us: Time, mut cond: impl FnMut(&Sim) -> bool) -> bool {
+        let deadline = self.now + max_us;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            match self.queue.peek() {
+                Some(Reverse((at, _, _))) if *at <= deadline => {
+                    self.step();
+                }
+                _ => {
+                    self.now = deadline;
+                    return cond(self);
+                }
+            }
+        }
+    }
+
+    /// Run for `us` of virtual time.
+    pub fn run_for(&mut self, us: Time) {
+        self.run_until(us, |_| false);
+    }
+
+    /// Run until some node is leader and every live node knows it; returns it.
+    pub fn run_until_leader(&mut self, max_us: Time) -> Option<NodeId> {
+        self.run_until(max_us, |s| {
+            s.leader().is_some_and(|l| {
+                let term = s.nodes[&l].raft().term();
+                s.nodes.values().filter(|n| n.is_up()).all(|n| {
+                    let r = n.raft();
+                    r.leader() == Some(l) && r.term() == term
+                })
+            })
+        });
+        self.leader()
+    }
+
+    fn input(&mut self, id: NodeId, ev: Event) {
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if node.raft.is_none() {
+            return;
+        }
+        if node.unsynced.is_some() || node.busy_until > now {
+            node.deferred.push(ev);
+            return;
+        }
+        match ev {
+            Event::Tick(..) => node.raft_mut().tick(),
+            Event::Deliver(_) => {}
+            Event::DiskDone(_) => {}
+        }
+        self.process_ready(id);
+    }
+
+    fn deliver_msg(&mut self, msg: Message) {
+        let id = msg.to;
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if node.raft.is_none() {
+            return;
+        }
+        if node.unsynced.is_some() || node.busy_until > now {
+            // Park it: the driver would read it after the write completes.
+            self.seq += 1;
+            let mid = self.seq;
+            self.wire.insert(
+                mid,
+                InFlight {
+                    id: mid,
+                    at: now,
+                    msg,
+                },
+            );
+            node.deferred.push(Event::Deliver(mid));
+            return;
+        }
+        node.raft_mut().step(msg);
+        self.process_ready(id);
+    }
+
+    /// Take the node's ready: send early messages, start the disk write.
+    fn process_ready(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if node.unsynced.is_some() {
+            return;
+        }
+        let Some(raft) = node.raft.as_mut() else { return };
+        if !raft.has_ready() {
+            return;
+        }
+        let mut rd = raft.ready();
+        if let Some(soft) = rd.soft_state {
+            if soft.role == Role::Leader {
+                self.on_new_leader(id, soft.term);
+            }
+        }
+        for m in std::mem::take(&mut rd.messages) {
+            self.send(m);
+        }
+        let needs_disk = rd.hard_state.is_some() || !rd.entries.is_empty() || rd.snapshot.is_some();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.unsynced = Some(rd);
+        if needs_disk {
+            let lat = self.rng.between(self.opts.disk_us.0, self.opts.disk_us.1);
+            self.nodes.get_mut(&id).expect("known node").busy_until = self.now + lat;
+            self.schedule(self.now + lat, Event::DiskDone(id));
+        } else {
+            self.finish_ready(id);
+        }
+    }
+
+    /// The disk write finished: sync, send the rest, apply, advance, then handle what
+    /// arrived meanwhile.
+    fn finish_ready(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let Some(rd) = node.unsynced.take() else { return };
+        if node.raft.is_none() {
+            return;
+        }
+        node.busy_until = 0;
+        if let Some(meta) = &rd.snapshot {
+            node.disk.snapshot = meta.clone();
+            node.disk.entries.clear();
+        }
+        node.disk.write(rd.hard_state, &rd.entries);
+        let committed = rd.committed;
+        let reads = rd.reads;
+        for e in &committed {
+            node.applied.push(e.clone());
+        }
+        node.raft_mut().advance();
+        for m in rd.persisted_messages {
+            self.send(m);
+        }
+        for e in committed {
+            self.on_apply(id, e);
+        }
+        for r in reads {
+            self.reads_done.entry(id).or_default().push((r.ctx, r.index));
+        }
+        // Inputs that waited for the write.
+        let deferred = std::mem::take(&mut self.nodes.get_mut(&id).expect("known node").deferred);
+        let mut rest = deferred.into_iter();
+        while let Some(ev) = rest.next() {
+            match ev {
+                Event::Tick(..) => {
+                    if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+                        r.tick();
+                    }
+                }
+                Event::Deliver(mid) => {
+                    if let Some(m) = self.wire.remove(&mid) {
+                        if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+                            r.step(m.msg);
+                        }
+                    }
+                }
+                Event::DiskDone(_) => {}
+            }
+        }
+        self.process_ready(id);
+        self.check_invariants();
+    }
+
+    fn send(&mut self, msg: Message) {
+        if self.blocked.contains(&(msg.from, msg.to)) || !self.nodes.contains_key(&msg.to) {
+            return;
+        }
+        if self.opts.drop_rate > 0.0 && self.rng.chance(self.opts.drop_rate) {
+            return;
+        }
+        let copies = if self.opts.dup_rate > 0.0 && self.rng.chance(self.opts.dup_rate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let lat = self.rng.between(self.opts.latency_us.0, self.opts.latency_us.1);
+            let at = self.now + lat;
+            let ev = self.schedule(at, Event::Deliver(0));
+            self.events.insert(ev, Event::Deliver(ev));
+            self.wire.insert(
+                ev,
+                InFlight {
+                    id: ev,
+                    at,
+                    msg: msg.clone(),
+                },
+            );
+        }
+    }
+
+    // ---------------------------------------------------------- invariants
+
+    fn on_new_leader(&mut self, id: NodeId, term: Term) {
+        if let Some(&other) = self.leaders.get(&term) {
+            assert_eq!(
+                other, id,
+                "election safety violated: nodes {other} and {id} both led term {term} (seed {})",
+                self.seed
+            );
+        }
+        self.leaders.insert(term, id);
+        // Leader completeness: every entry committed anywhere is in the new leader's log.
+        let raft = self.nodes[&id].raft();
+        for (&index, (t, payload)) in &self.committed {
+            let e = raft.entry(index);
+            if index < raft.status().first_index {
+                continue;
+            }
+            assert!(
+                e.is_some_and(|e| e.term == *t && &e.payload == payload),
+                "leader completeness violated: leader {id} of term {term} lacks committed entry {index} (seed {})",
+                self.seed
+            );
+        }
+    }
+
+    fn on_apply(&mut self, id: NodeId, e: Entry) {
+        match self.applied_global.get(&e.index) {
+            Some((t, p)) => assert!(
+                *t == e.term && *p == e.payload,
+                "state machine safety violated: node {id} applied a different entry at {} (seed {})",
+                e.index,
+                self.seed
+            ),
+            None => {
+                self.applied_global.insert(e.index, (e.term, e.payload.clone()));
+            }
+        }
+    }
+
+    /// Check the properties that are cheap enough to run after every event.
+    pub fn check_invariants(&mut self) {
+        let mut newly: Vec<(Index, Term, EntryPayload)> = Vec::new();
+        for (&id, node) in &self.nodes {
+            let Some(raft) = node.raft.as_ref() else { continue };
+            if raft.role() == Role::Leader {
+                if let Some(&other) = self.leaders.get(&raft.term()) {
+                    assert_eq!(
+                        other,
+                        id,
+                        "election safety violated: nodes {other} and {id} both led term {} (seed {})",
+                        raft.term(),
+                        self.seed
+                    );
+                }
+            }
+            // Committed entries never change: compare the tail of what this node
+            // has committed with what anyone else has committed there.
+            let commit = raft.commit_index();
+            let known = self.committed.keys().next_back().copied().unwrap_or(0);
+            let first = raft.status().first_index;
+            let lo = first.max(known.saturating_sub(64).max(1));
+            for index in lo..=commit {
+                let Some(e) = raft.entry(index) else { continue };
+                match self.committed.get(&index) {
+                    Some((t, p)) => assert!(
+                        *t == e.term && *p == e.payload,
+                        "committed entry {index} differs on node {id}: term {} vs {} (seed {})",
+                        e.term,
+                        t,
+                        self.seed
+                    ),
+                    None => newly.push((index, e.term, e.payload.clone())),
+                }
+            }
+        }
+        for (i, t, p) in newly {
+            self.committed.entry(i).or_insert((t, p));
+        }
+    }
+
+    /// Log matching, across every pair of live nodes: if two logs hold an entry with
+    /// the same index and term, they are identical up to it.
+    pub fn check_log_matching(&self) {
+        let live: Vec<(NodeId, &RaftNode)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&id, n)| n.raft.as_ref().map(|r| (id, r)))
+            .collect();
+        for (i, (a_id, a)) in live.iter().enumerate() {
+            for (b_id, b) in &live[i + 1..] {
+                let first = a.status().first_index.max(b.status().first_index);
+                let last = a.last_index().min(b.last_index());
+                // Highest common index with equal terms.
+                let mut top = None;
+                let mut idx = last;
+                while idx >= first && idx > 0 {
+                    if a.term_at(idx).is_some() && a.term_at(idx) == b.term_at(idx) {
+                        top = Some(idx);
+                        break;
+                    }
+                    idx -= 1;
+                }
+                if let Some(top) = top {
+                    for k in first..=top {
+                        assert_eq!(
+                            a.entry(k),
+                            b.entry(k),
+                            "log matching violated between {a_id} and {b_id} at {k} (agree at {top}) (seed {})",
+                            self.seed
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every entry committed anywhere so far, by index.
+    pub fn committed_entries(&self) -> &BTreeMap<Index, (Term, EntryPayload)> {
+        &self.committed
+    }
+
+    /// How many events ran.
+    pub fn events_run(&self) -> u64 {
+        self.events_run
+    }
+
+    /// The bootstrap membership.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+}
