@@ -476,3 +476,6 @@ impl Bank {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
