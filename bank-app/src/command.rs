@@ -304,8 +304,7 @@ pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(
             expected: version,
         });
     }
-    let (value, rest) =
-        postcard::take_from_bytes(body).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CodecError::TrailingBytes(rest.len()));
     }
@@ -408,14 +407,8 @@ mod tests {
             validate_amount(i128::from(MAX_AMOUNT), MAX_AMOUNT),
             Ok(MAX_AMOUNT)
         );
-        assert_eq!(
-            validate_amount(0, MAX_AMOUNT),
-            Err(Rejection::InvalidAmount)
-        );
-        assert_eq!(
-            validate_amount(-5, MAX_AMOUNT),
-            Err(Rejection::InvalidAmount)
-        );
+        assert_eq!(validate_amount(0, MAX_AMOUNT), Err(Rejection::InvalidAmount));
+        assert_eq!(validate_amount(-5, MAX_AMOUNT), Err(Rejection::InvalidAmount));
         assert_eq!(
             validate_amount(i128::from(MAX_AMOUNT) + 1, MAX_AMOUNT),
             Err(Rejection::AmountTooLarge { max: MAX_AMOUNT })
@@ -424,9 +417,6 @@ mod tests {
             validate_amount(i128::MAX, u64::MAX),
             Err(Rejection::AmountTooLarge { max: u64::MAX })
         );
-        assert_eq!(
-            validate_amount(i128::from(u64::MAX), u64::MAX),
-            Ok(u64::MAX)
-        );
+        assert_eq!(validate_amount(i128::from(u64::MAX), u64::MAX), Ok(u64::MAX));
     }
 }

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::account::{Account, Txn, TxnKind};
 use crate::command::{
-    decode_versioned, encode_versioned, AccountId, CodecError, Op, Rejection, Request, Response,
-    MAX_AMOUNT,
+    decode_versioned, encode_versioned, AccountId, CodecError, Op, Rejection, Request, Response, MAX_AMOUNT,
 };
 use crate::session::{Admission, Session, SessionInfo, SessionTable};
 
@@ -61,14 +60,10 @@ impl BankConfig {
             ));
         }
         if self.max_sessions == 0 {
-            return Err(BankError::InvalidConfig(
-                "max_sessions must be at least 1".into(),
-            ));
+            return Err(BankError::InvalidConfig("max_sessions must be at least 1".into()));
         }
         if self.max_amount == 0 {
-            return Err(BankError::InvalidConfig(
-                "max_amount must be at least 1".into(),
-            ));
+            return Err(BankError::InvalidConfig("max_amount must be at least 1".into()));
         }
         Ok(())
     }
@@ -236,9 +231,7 @@ impl Bank {
             Err(e) => {
                 tracing::debug!(index, error = %e, "undecodable bank command");
                 let rejection = match e {
-                    CodecError::UnsupportedVersion { found, .. } => {
-                        Rejection::UnsupportedVersion(found)
-                    }
+                    CodecError::UnsupportedVersion { found, .. } => Rejection::UnsupportedVersion(found),
                     _ => Rejection::Malformed,
                 };
                 return Response::Rejected(rejection).encode();
@@ -253,12 +246,9 @@ impl Bank {
             Admission::Reject(rejection) => Response::Rejected(rejection).encode(),
             Admission::Apply => {
                 let response = self.execute(index, request.op).encode();
-                let evicted = self.sessions.record(
-                    session,
-                    response.clone(),
-                    index,
-                    self.config.max_sessions,
-                );
+                let evicted =
+                    self.sessions
+                        .record(session, response.clone(), index, self.config.max_sessions);
                 if evicted > 0 {
                     tracing::debug!(index, evicted, "client sessions evicted at capacity");
                 }
@@ -313,13 +303,13 @@ impl Bank {
                     .accounts
                     .get_mut(&account)
                     .ok_or(Rejection::UnknownAccount(account))?;
-                let balance =
-                    a.balance
-                        .checked_sub(amount)
-                        .ok_or(Rejection::InsufficientFunds {
-                            available: a.balance,
-                            requested: amount,
-                        })?;
+                let balance = a
+                    .balance
+                    .checked_sub(amount)
+                    .ok_or(Rejection::InsufficientFunds {
+                        available: a.balance,
+                        requested: amount,
+                    })?;
                 // total >= every balance, so this cannot underflow; checked regardless.
                 let total = self.total.checked_sub(amount).ok_or(Rejection::Overflow)?;
                 a.record(history_len, index, TxnKind::Withdraw, amount, None, balance);
@@ -341,13 +331,12 @@ impl Bank {
                     .get(&to)
                     .ok_or(Rejection::UnknownAccount(to))?
                     .balance;
-                let new_from =
-                    from_balance
-                        .checked_sub(amount)
-                        .ok_or(Rejection::InsufficientFunds {
-                            available: from_balance,
-                            requested: amount,
-                        })?;
+                let new_from = from_balance
+                    .checked_sub(amount)
+                    .ok_or(Rejection::InsufficientFunds {
+                        available: from_balance,
+                        requested: amount,
+                    })?;
                 let new_to = to_balance.checked_add(amount).ok_or(Rejection::Overflow)?;
                 // Both accounts exist (checked above); all checks passed, now mutate.
                 if let Some(a) = self.accounts.get_mut(&from) {
@@ -464,8 +453,7 @@ impl Bank {
                 )));
             }
         }
-        let sessions =
-            SessionTable::from_sessions(snap.sessions, snap.applied_index).map_err(corrupt)?;
+        let sessions = SessionTable::from_sessions(snap.sessions, snap.applied_index).map_err(corrupt)?;
 
         Ok(Bank {
             config: snap.config,

@@ -111,10 +111,7 @@ impl Model {
     }
 
     fn balance(&self, a: AccountId) -> Result<u128, Rejection> {
-        self.balances
-            .get(&a)
-            .copied()
-            .ok_or(Rejection::UnknownAccount(a))
+        self.balances.get(&a).copied().ok_or(Rejection::UnknownAccount(a))
     }
 
     fn try_exec(&mut self, op: Op) -> Result<Response, Rejection> {
@@ -222,15 +219,10 @@ fn amount(max: u64) -> impl Strategy<Value = u64> {
 fn op(max: u64) -> impl Strategy<Value = Op> {
     let acct = 0..ACCOUNTS;
     prop_oneof![
-        (acct.clone(), amount(max))
-            .prop_map(|(account, initial)| Op::OpenAccount { account, initial }),
+        (acct.clone(), amount(max)).prop_map(|(account, initial)| Op::OpenAccount { account, initial }),
         (acct.clone(), amount(max)).prop_map(|(account, amount)| Op::Deposit { account, amount }),
         (acct.clone(), amount(max)).prop_map(|(account, amount)| Op::Withdraw { account, amount }),
-        (acct.clone(), acct, amount(max)).prop_map(|(from, to, amount)| Op::Transfer {
-            from,
-            to,
-            amount
-        }),
+        (acct.clone(), acct, amount(max)).prop_map(|(from, to, amount)| Op::Transfer { from, to, amount }),
     ]
 }
 
@@ -279,10 +271,7 @@ fn config() -> impl Strategy<Value = BankConfig> {
 fn scenario() -> impl Strategy<Value = (BankConfig, Vec<(u64, Bytes)>)> {
     config().prop_flat_map(|cfg| {
         let steps = proptest::collection::vec(
-            (
-                action(cfg.max_amount),
-                prop_oneof![6 => Just(0u64), 1 => 1..5u64],
-            ),
+            (action(cfg.max_amount), prop_oneof![6 => Just(0u64), 1 => 1..5u64]),
             0..150,
         );
         (Just(cfg), steps.prop_map(to_log))
@@ -315,10 +304,7 @@ fn to_log(actions: Vec<(Action, u64)>) -> Vec<(u64, Bytes)> {
                     (Some((c, 2)), Request::new(c, 1, op))
                 }
             },
-            Action::Stale(c, back, op) => (
-                None,
-                Request::new(c, next_seq(c).saturating_sub(1 + back), op),
-            ),
+            Action::Stale(c, back, op) => (None, Request::new(c, next_seq(c).saturating_sub(1 + back), op)),
             Action::Jump(c, ahead, op) => {
                 let seq = next_seq(c) + ahead;
                 (Some((c, seq + 1)), Request::new(c, seq, op))

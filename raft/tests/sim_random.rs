@@ -145,10 +145,37 @@ fn run_seed(seed: u64) -> Outcome {
                 final_index = Some(idx);
                 break;
             }
+        } else {
+            // Refused (e.g. a leadership transfer is running): give it time.
+            sim.run_for(100_000);
         }
     }
-    let final_index = final_index
-        .unwrap_or_else(|| panic!("seed {seed}: cluster did not converge after healing (liveness)"));
+    let Some(final_index) = final_index else {
+        let states: Vec<String> = sim
+            .nodes
+            .iter()
+            .map(|(id, nd)| {
+                let s = nd.raft().status();
+                format!(
+                    "node {id}: {:?} term {} leader {:?} vote {:?} last {} commit {} persisted {} peers {:?}",
+                    s.role, s.term, s.leader, s.vote, s.last_index, s.commit, s.persisted, s.peers
+                )
+            })
+            .collect();
+        let wire: Vec<String> = sim
+            .in_flight()
+            .iter()
+            .take(20)
+            .map(|m| format!("{:?}", m))
+            .collect();
+        panic!(
+            "seed {seed}: cluster did not converge after healing (liveness) at {} with {} events queued\n{}\nwire: {}",
+            sim.now(),
+            sim.pending_events(),
+            states.join("\n"),
+            wire.join("\n")
+        );
+    };
     sim.check_log_matching();
 
     // Convergence: every node applied the same sequence up to the final entry, each

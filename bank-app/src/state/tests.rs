@@ -158,10 +158,7 @@ fn deposit_that_would_overflow_a_balance_is_rejected_without_wrapping() {
     n.open(1, u64::MAX - 1);
     assert_eq!(n.op(deposit(1, 2)), rejected(Rejection::Overflow));
     assert_eq!(n.bank.balance(1), Some(u64::MAX - 1));
-    assert_eq!(
-        n.op(deposit(1, 1)),
-        Response::Deposited { balance: u64::MAX }
-    );
+    assert_eq!(n.op(deposit(1, 1)), Response::Deposited { balance: u64::MAX });
 }
 
 #[test]
@@ -289,14 +286,8 @@ fn transfer_to_the_same_account_is_rejected() {
 fn transfer_involving_an_unknown_account_changes_neither_side() {
     let mut n = Node::new();
     n.open(1, 100);
-    assert_eq!(
-        n.op(transfer(1, 9, 5)),
-        rejected(Rejection::UnknownAccount(9))
-    );
-    assert_eq!(
-        n.op(transfer(9, 1, 5)),
-        rejected(Rejection::UnknownAccount(9))
-    );
+    assert_eq!(n.op(transfer(1, 9, 5)), rejected(Rejection::UnknownAccount(9)));
+    assert_eq!(n.op(transfer(9, 1, 5)), rejected(Rejection::UnknownAccount(9)));
     assert_eq!(n.bank.balance(1), Some(100));
     assert_eq!(n.bank.statement(1, 10).map(|s| s.len()), Some(1));
 }
@@ -404,10 +395,7 @@ fn history_is_bounded_to_the_configured_length() {
         n.op(deposit(1, i));
     }
     let s = n.bank.statement(1, 100).expect("exists");
-    assert_eq!(
-        s.iter().map(|t| t.amount).collect::<Vec<_>>(),
-        vec![8, 9, 10]
-    );
+    assert_eq!(s.iter().map(|t| t.amount).collect::<Vec<_>>(), vec![8, 9, 10]);
     assert_eq!(n.bank.balance(1), Some(55));
 }
 
@@ -448,20 +436,12 @@ fn garbage_bytes_are_a_malformed_rejection_and_change_no_account() {
         b"\x01hello world, this is not a command",
     ];
     for g in garbage {
-        assert_eq!(
-            decode(&n.apply_bytes(g)),
-            rejected(Rejection::Malformed),
-            "{g:?}"
-        );
+        assert_eq!(decode(&n.apply_bytes(g)), rejected(Rejection::Malformed), "{g:?}");
     }
     assert_eq!(n.bank.accounts, before.accounts);
     assert_eq!(n.bank.sessions, before.sessions);
     assert_eq!(n.bank.total, before.total);
-    assert_eq!(
-        n.bank.applied_index(),
-        n.index,
-        "the entry is still consumed"
-    );
+    assert_eq!(n.bank.applied_index(), n.index, "the entry is still consumed");
 }
 
 #[test]
@@ -469,10 +449,7 @@ fn a_valid_command_with_trailing_bytes_is_malformed() {
     let mut n = Node::new();
     let mut bytes = Request::unsessioned(open(1, 10)).encode().to_vec();
     bytes.push(0);
-    assert_eq!(
-        decode(&n.apply_bytes(&bytes)),
-        rejected(Rejection::Malformed)
-    );
+    assert_eq!(decode(&n.apply_bytes(&bytes)), rejected(Rejection::Malformed));
     assert_eq!(n.bank.balance(1), None);
 }
 
@@ -562,14 +539,8 @@ fn the_recorded_response_is_returned_even_if_the_retry_carries_a_different_op() 
     // A correct client never does this; the rule is about the sequence number alone.
     let mut n = Node::new();
     n.open(1, 0);
-    assert_eq!(
-        n.req(42, 1, deposit(1, 10)),
-        Response::Deposited { balance: 10 }
-    );
-    assert_eq!(
-        n.req(42, 1, deposit(1, 999)),
-        Response::Deposited { balance: 10 }
-    );
+    assert_eq!(n.req(42, 1, deposit(1, 10)), Response::Deposited { balance: 10 });
+    assert_eq!(n.req(42, 1, deposit(1, 999)), Response::Deposited { balance: 10 });
     assert_eq!(n.bank.balance(1), Some(10));
 }
 
@@ -594,17 +565,11 @@ fn an_older_sequence_number_is_stale_and_not_applied() {
     n.req(42, 2, deposit(1, 1));
     assert_eq!(
         n.req(42, 1, deposit(1, 1)),
-        rejected(Rejection::StaleSequence {
-            seq: 1,
-            last_seq: 2
-        })
+        rejected(Rejection::StaleSequence { seq: 1, last_seq: 2 })
     );
     assert_eq!(n.bank.balance(1), Some(2));
     // The stale request did not replace the recorded response.
-    assert_eq!(
-        n.req(42, 2, deposit(1, 1)),
-        Response::Deposited { balance: 2 }
-    );
+    assert_eq!(n.req(42, 2, deposit(1, 1)), Response::Deposited { balance: 2 });
 }
 
 #[test]
@@ -612,16 +577,10 @@ fn a_sequence_gap_is_allowed_and_older_numbers_become_stale() {
     let mut n = Node::new();
     n.open(1, 0);
     n.req(42, 1, deposit(1, 1));
-    assert_eq!(
-        n.req(42, 5, deposit(1, 1)),
-        Response::Deposited { balance: 2 }
-    );
+    assert_eq!(n.req(42, 5, deposit(1, 1)), Response::Deposited { balance: 2 });
     assert_eq!(
         n.req(42, 3, deposit(1, 1)),
-        rejected(Rejection::StaleSequence {
-            seq: 3,
-            last_seq: 5
-        })
+        rejected(Rejection::StaleSequence { seq: 3, last_seq: 5 })
     );
     assert_eq!(n.bank.balance(1), Some(2));
 }
@@ -630,15 +589,9 @@ fn a_sequence_gap_is_allowed_and_older_numbers_become_stale() {
 fn sequence_number_zero_is_always_invalid() {
     let mut n = Node::new();
     n.open(1, 0);
-    assert_eq!(
-        n.req(42, 0, deposit(1, 1)),
-        rejected(Rejection::InvalidSequence)
-    );
+    assert_eq!(n.req(42, 0, deposit(1, 1)), rejected(Rejection::InvalidSequence));
     n.req(42, 1, deposit(1, 1));
-    assert_eq!(
-        n.req(42, 0, deposit(1, 1)),
-        rejected(Rejection::InvalidSequence)
-    );
+    assert_eq!(n.req(42, 0, deposit(1, 1)), rejected(Rejection::InvalidSequence));
     assert_eq!(n.bank.balance(1), Some(1));
 }
 
@@ -652,10 +605,7 @@ fn an_unknown_session_starts_only_at_sequence_one() {
     );
     assert_eq!(n.bank.session(42), None, "no session is created");
     assert_eq!(n.bank.balance(1), Some(0));
-    assert_eq!(
-        n.req(42, 1, deposit(1, 1)),
-        Response::Deposited { balance: 1 }
-    );
+    assert_eq!(n.req(42, 1, deposit(1, 1)), Response::Deposited { balance: 1 });
     assert_eq!(
         n.bank.session(42),
         Some(SessionInfo {
@@ -669,18 +619,9 @@ fn an_unknown_session_starts_only_at_sequence_one() {
 fn sessions_of_different_clients_are_independent() {
     let mut n = Node::new();
     n.open(1, 0);
-    assert_eq!(
-        n.req(1, 1, deposit(1, 1)),
-        Response::Deposited { balance: 1 }
-    );
-    assert_eq!(
-        n.req(2, 1, deposit(1, 1)),
-        Response::Deposited { balance: 2 }
-    );
-    assert_eq!(
-        n.req(1, 1, deposit(1, 1)),
-        Response::Deposited { balance: 1 }
-    );
+    assert_eq!(n.req(1, 1, deposit(1, 1)), Response::Deposited { balance: 1 });
+    assert_eq!(n.req(2, 1, deposit(1, 1)), Response::Deposited { balance: 2 });
+    assert_eq!(n.req(1, 1, deposit(1, 1)), Response::Deposited { balance: 1 });
     assert_eq!(n.bank.balance(1), Some(2));
     assert_eq!(n.bank.session_count(), 2);
 }
@@ -708,10 +649,7 @@ fn a_session_idle_for_more_than_the_ttl_expires_at_exactly_that_index() {
 
     // At active_at + ttl the session is still alive: a retry is answered from it.
     n.skip(ttl - 1);
-    assert_eq!(
-        n.req(42, 1, deposit(1, 1)),
-        Response::Deposited { balance: 1 }
-    );
+    assert_eq!(n.req(42, 1, deposit(1, 1)), Response::Deposited { balance: 1 });
     assert_eq!(n.index, active_at + ttl);
     assert_eq!(n.bank.session(42).map(|s| s.last_index), Some(n.index));
 
@@ -796,15 +734,9 @@ fn with_config_rejects_values_that_cannot_work() {
             ..BankConfig::default()
         },
     ] {
-        assert!(matches!(
-            Bank::with_config(bad),
-            Err(BankError::InvalidConfig(_))
-        ));
+        assert!(matches!(Bank::with_config(bad), Err(BankError::InvalidConfig(_))));
     }
-    assert_eq!(
-        Bank::with_config(BankConfig::default()),
-        Ok(Bank::default())
-    );
+    assert_eq!(Bank::with_config(BankConfig::default()), Ok(Bank::default()));
 }
 
 // ---------------------------------------------------------------- snapshots
@@ -873,9 +805,7 @@ fn restore_rejects_empty_input_a_wrong_version_and_trailing_bytes() {
     wrong[0] = SNAPSHOT_FORMAT_VERSION + 1;
     assert!(matches!(
         Bank::restore(&wrong),
-        Err(BankError::SnapshotDecode(
-            CodecError::UnsupportedVersion { .. }
-        ))
+        Err(BankError::SnapshotDecode(CodecError::UnsupportedVersion { .. }))
     ));
     let mut trailing = snap;
     trailing.push(0);
@@ -913,11 +843,7 @@ fn restore_never_panics_on_corrupted_bytes() {
         }
     }
     assert!(errors > 0);
-    for junk in [
-        &b"\x01"[..],
-        b"\x01\xff\xff\xff\xff\xff\xff",
-        b"not a snapshot",
-    ] {
+    for junk in [&b"\x01"[..], b"\x01\xff\xff\xff\xff\xff\xff", b"not a snapshot"] {
         assert!(Bank::restore(junk).is_err());
     }
 }
@@ -988,8 +914,7 @@ fn restore_rejects_a_session_with_an_undecodable_response() {
         s.last_response = Bytes::from_static(b"\x01\xff");
     }
     let bad = Bank {
-        sessions: SessionTable::from_sessions(sessions, bank.applied_index)
-            .expect("structurally fine"),
+        sessions: SessionTable::from_sessions(sessions, bank.applied_index).expect("structurally fine"),
         ..bank
     };
     assert!(matches!(
@@ -1001,11 +926,5 @@ fn restore_rejects_a_session_with_an_undecodable_response() {
 #[test]
 fn session_ref_is_what_requests_carry() {
     let r = Request::new(3, 4, deposit(1, 1));
-    assert_eq!(
-        r.session,
-        Some(SessionRef {
-            client_id: 3,
-            seq: 4
-        })
-    );
+    assert_eq!(r.session, Some(SessionRef { client_id: 3, seq: 4 }));
 }

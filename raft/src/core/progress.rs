@@ -39,6 +39,9 @@ pub struct Progress {
     pub acked_round: u64,
     /// Whether the follower is a learner (does not count for quorum).
     pub learner: bool,
+    /// Heartbeat replies in a row during which `matched` stayed behind the leader's
+    /// log without moving: appends were probably lost.
+    pub stalled_heartbeats: u32,
     inflight: VecDeque<(Index, usize)>,
     inflight_bytes: usize,
 }
@@ -54,6 +57,7 @@ impl Progress {
             recent_active: false,
             acked_round: 0,
             learner,
+            stalled_heartbeats: 0,
             inflight: VecDeque::new(),
             inflight_bytes: 0,
         }
@@ -92,6 +96,7 @@ impl Progress {
         if advanced {
             self.matched = index;
             self.probe_sent = false;
+            self.stalled_heartbeats = 0;
         }
         self.next = self.next.max(index + 1);
         while let Some(&(last, bytes)) = self.inflight.front() {

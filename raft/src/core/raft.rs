@@ -1114,7 +1114,18 @@ impl RaftNode {
         pr.acked_round = pr.acked_round.max(round);
         let behind = pr.matched < self.log.last_index();
         if behind {
-            self.send_append(from, false);
+            pr.stalled_heartbeats += 1;
+            if pr.state == ProgressState::Replicate && pr.stalled_heartbeats >= 2 {
+                // The follower is alive but its match has not moved for two heartbeat
+                // rounds: appends in the window were lost. Resume from what it has.
+                pr.become_probe();
+                pr.stalled_heartbeats = 0;
+                self.send_append(from, true);
+            } else {
+                self.send_append(from, false);
+            }
+        } else {
+            pr.stalled_heartbeats = 0;
         }
         self.check_reads();
     }

@@ -826,6 +826,11 @@ impl Sim {
         &self.committed
     }
 
+    /// Events scheduled and not yet run.
+    pub fn pending_events(&self) -> usize {
+        self.queue.len()
+    }
+
     /// How many events ran.
     pub fn events_run(&self) -> u64 {
         self.events_run
