@@ -27,9 +27,10 @@
 //! [--clients=1,64,256,1024] [--payload=100]`. Environment: `BENCH_SECS` (measured
 //! seconds per row, default 3), `BENCH_WARMUP_SECS` (default 1).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -496,12 +497,15 @@ struct Request {
 /// every record.
 #[derive(Default)]
 struct Samples {
-    threads: std::sync::Mutex<Vec<Arc<std::sync::Mutex<(Histogram<u64>, u64)>>>>,
+    threads: Mutex<Vec<ThreadSamples>>,
 }
 
+/// One thread's histogram and sample count.
+type ThreadSamples = Arc<Mutex<(Histogram<u64>, u64)>>;
+
 thread_local! {
-    static LOCAL: std::cell::RefCell<Option<(usize, Arc<std::sync::Mutex<(Histogram<u64>, u64)>>)>> =
-        const { std::cell::RefCell::new(None) };
+    /// This thread's samples, tagged with the address of the [`Samples`] they belong to.
+    static LOCAL: RefCell<Option<(usize, ThreadSamples)>> = const { RefCell::new(None) };
 }
 
 impl Samples {
@@ -510,7 +514,7 @@ impl Samples {
         LOCAL.with(|cell| {
             let mut local = cell.borrow_mut();
             if local.as_ref().is_none_or(|(k, _)| *k != key) {
-                let h = Arc::new(std::sync::Mutex::new((new_hist(), 0)));
+                let h = Arc::new(Mutex::new((new_hist(), 0)));
                 self.threads.lock().expect("not poisoned").push(h.clone());
                 *local = Some((key, h));
             }
