@@ -444,7 +444,10 @@ impl Net {
     }
 
     /// Let node `id` time out and run the whole election with every message delivered;
-    /// asserts that it won.
+    /// asserts that it won. Then one heartbeat round passes, so that every follower
+    /// also knows that the leader's no-op is committed (a follower whose
+    /// acknowledgement completed the replication learns the commit index from the
+    /// leader's next message).
     pub fn elect(&mut self, id: NodeId) {
         self.tick_until_campaign(id);
         self.deliver_all();
@@ -453,6 +456,13 @@ impl Net {
             Role::Leader,
             "node {id} should have won its election"
         );
+        self.heartbeat(id);
+    }
+
+    /// Tick leader `id` until it sends heartbeats, and deliver everything.
+    pub fn heartbeat(&mut self, id: NodeId) {
+        self.tick_n(id, HEARTBEAT);
+        self.deliver_all();
     }
 
     /// Propose `data` on node `id`, which must be the leader; returns (index, term).
