@@ -359,8 +359,14 @@ impl Net {
     /// Deliver, oldest first, every message matching `pred`, including matching ones
     /// that deliveries produce, until none is left. Returns how many were delivered.
     pub fn deliver_where(&mut self, pred: impl Fn(&Message) -> bool) -> usize {
+        self.deliver_while(|_, m| pred(m))
+    }
+
+    /// Like [`Net::deliver_where`], with a predicate that may look at the cluster as it
+    /// is when each message would be delivered.
+    pub fn deliver_while(&mut self, pred: impl Fn(&Net, &Message) -> bool) -> usize {
         let mut n = 0;
-        while let Some(pos) = self.wire.iter().position(&pred) {
+        while let Some(pos) = self.wire.iter().position(|m| pred(self, m)) {
             let m = self.wire.remove(pos).expect("position is valid");
             self.step(m);
             n += 1;
