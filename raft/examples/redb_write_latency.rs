@@ -1,5 +1,5 @@
 //! Measures `RedbStore::write` latency: 1000 durable writes of batches of 1 and of 64
-//! entries with 100-byte payloads.
+//! entries with 100-byte payloads, then the time to reopen and load the log.
 //!
 //! `cargo run --release -p raft --example redb_write_latency [DIR]` (DIR defaults to the
 //! system temporary directory; use a directory on the disk you care about).
@@ -55,6 +55,17 @@ fn main() -> anyhow::Result<()> {
             hist.max(),
             (WRITES * batch_size) as f64 / total.as_secs_f64(),
             std::fs::metadata(store.path())?.len() / 1024,
+        );
+        let path = store.path().to_path_buf();
+        drop(store);
+        let t = Instant::now();
+        let mut store = RedbStore::open(&path)?;
+        let opened = t.elapsed();
+        let state = store.load()?;
+        println!(
+            "             reopen (integrity check) {opened:.2?}, load of {} entries {:.2?}",
+            state.entries.len(),
+            t.elapsed() - opened
         );
     }
     Ok(())

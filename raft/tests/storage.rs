@@ -139,7 +139,7 @@ fn reopen_round_trips_hard_state_entries_and_snapshot() {
     assert_eq!(reopened.load().unwrap(), expected);
     // The reopened store keeps appending where the old one stopped.
     reopened.write(&append(entries(13..=13, 4))).unwrap();
-    drop(reopened);
+    reopened.close().unwrap();
     let state = open_and_load(&path).unwrap();
     assert_eq!(indices(&state), (5..=13).collect::<Vec<_>>());
     assert_eq!(state.last_index(), 13);
@@ -546,35 +546,40 @@ struct Reported {
     commit: Index,
 }
 
-/// The child: writes batches in a loop (appends of varying size, overwrites of the tail
-/// with a newer term, snapshots), printing what is durable after each write returns.
+/// The child: continues the log at `path` (new or left by an earlier child), writing
+/// batches in a loop (appends of varying size, overwrites of the tail with a newer term,
+/// snapshots) and printing what is durable after each write returns.
 fn crash_writer(path: &Path) {
     let mut store = RedbStore::open(path).expect("child: open");
     let state = store.load().expect("child: load");
-    assert_eq!(state, InitialState::default(), "child expects a new log");
-    let mut terms: Vec<Term> = vec![0]; // terms[i] = term of entry i
-    let mut snap_index: Index = 0;
-    let mut term: Term = 1;
+    let mut snap_index = state.snapshot.index;
+    // terms[i] is the term of entry snap_index + 1 + i.
+    let mut terms: Vec<Term> = state.entries.iter().map(|e| e.term).collect();
+    let mut term = terms
+        .last()
+        .copied()
+        .unwrap_or(state.snapshot.term)
+        .max(state.hard_state.term)
+        .max(1);
     let started = Instant::now();
     // Bounded in case the parent died without killing us.
     for round in 0u64..100_000 {
         if started.elapsed() > Duration::from_secs(60) {
             break;
         }
-        let last = terms.len() as Index - 1;
-        let from = if round % 7 == 6 && last >= snap_index + 3 {
+        let last = snap_index + terms.len() as Index;
+        let from = if round % 7 == 6 && terms.len() >= 3 {
             term += 1;
             last - 2
         } else {
             last + 1
         };
         let count = 1 + round % 8;
-        let new_entries = entries(from..=from + count - 1, term);
-        terms.truncate(from as usize);
+        terms.truncate((from - snap_index - 1) as usize);
         terms.extend(std::iter::repeat_n(term, count as usize));
-        let last = terms.len() as Index - 1;
+        let last = snap_index + terms.len() as Index;
         let mut batch = WriteBatch {
-            entries: new_entries,
+            entries: entries(from..=last, term),
             hard_state: Some(HardState {
                 term,
                 vote: Some(1),
@@ -582,9 +587,13 @@ fn crash_writer(path: &Path) {
             }),
             snapshot: None,
         };
-        if round % 10 == 9 && last > 30 {
-            snap_index = last - 30;
-            batch.snapshot = Some(snapshot(snap_index, terms[snap_index as usize]));
+        if round % 10 == 9 && terms.len() > 30 {
+            let keep = 30;
+            let new_snap = last - keep;
+            let snap_term = terms[(new_snap - snap_index - 1) as usize];
+            terms.drain(..(new_snap - snap_index) as usize);
+            snap_index = new_snap;
+            batch.snapshot = Some(snapshot(snap_index, snap_term));
         }
         store.write(&batch).expect("child: write");
         println!("DURABLE {last} {term} {}", last - 1);
@@ -600,14 +609,9 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[test]
-fn killed_writer_keeps_every_reported_write() {
-    if let Some(path) = std::env::var_os(CRASH_CHILD_ENV) {
-        crash_writer(Path::new(&path));
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = log_path(&dir);
+/// Runs one child on `path` until it has reported `writes` durable writes (or 10 s have
+/// passed), SIGKILLs it, and returns everything it reported.
+fn run_and_kill_writer(path: &Path, writes: usize) -> Vec<Reported> {
     let mut child = KillOnDrop(
         Command::new(std::env::current_exe().unwrap())
             .args([
@@ -616,7 +620,7 @@ fn killed_writer_keeps_every_reported_write() {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CRASH_CHILD_ENV, &path)
+            .env(CRASH_CHILD_ENV, path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -645,7 +649,7 @@ fn killed_writer_keeps_every_reported_write() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut reported = Vec::new();
-    while reported.len() < 50 {
+    while reported.len() < writes {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(r) => reported.push(r),
             Err(_) => break,
@@ -671,43 +675,65 @@ fn killed_writer_keeps_every_reported_write() {
         !reported.is_empty(),
         "the child reported no durable write within 10s"
     );
+    reported
+}
 
-    let state = open_and_load(&path).expect("reopen after SIGKILL");
-    // load() already checked contiguity, placement after the snapshot and decoding.
-    let last_reported = *reported.last().unwrap();
-    let max_index = reported.iter().map(|r| r.last_index).max().unwrap();
-    assert!(
-        state.last_index() >= max_index,
-        "reported durable up to {max_index}, found {} after the crash ({} reports)",
-        state.last_index(),
-        reported.len()
-    );
-    assert!(state.hard_state.commit >= last_reported.commit);
-    assert!(state.hard_state.term >= last_reported.last_term);
-    // Every reported index is still covered, by the snapshot or by an entry whose term is
-    // at least the one reported for it.
-    for r in &reported {
-        if r.last_index > state.snapshot.index {
-            let e = &state.entries[(r.last_index - state.snapshot.index - 1) as usize];
-            assert!(
-                e.term >= r.last_term,
-                "entry {} lost its term",
-                r.last_index
-            );
-        }
+#[test]
+fn killed_writer_keeps_every_reported_write() {
+    if let Some(path) = std::env::var_os(CRASH_CHILD_ENV) {
+        crash_writer(Path::new(&path));
+        return;
     }
-    // The content is exactly what the child wrote, and terms never go down.
-    let mut prev_term = state.snapshot.term;
-    for e in &state.entries {
-        assert_eq!(*e, entry(e.index, e.term), "entry {} is garbled", e.index);
-        assert!(e.term >= prev_term, "term goes down at index {}", e.index);
-        prev_term = e.term;
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_path(&dir);
+    // Several kills, each child recovering the log the previous one left; the differing
+    // counts move the kill to different points of the write cycle.
+    for writes in [50, 37, 61] {
+        let reported = run_and_kill_writer(&path, writes);
+        let state = open_and_load(&path).expect("reopen after SIGKILL");
+        // load() already checked contiguity, placement after the snapshot and decoding.
+        let last_reported = *reported.last().unwrap();
+        let max_index = reported.iter().map(|r| r.last_index).max().unwrap();
+        eprintln!(
+            "crash test: {} writes reported durable, up to index {max_index}; {} found \
+             after the kill (snapshot at {})",
+            reported.len(),
+            state.last_index(),
+            state.snapshot.index
+        );
+        assert!(
+            state.last_index() >= max_index,
+            "reported durable up to {max_index}, found {} after the crash",
+            state.last_index(),
+        );
+        assert!(state.hard_state.commit >= last_reported.commit);
+        assert!(state.hard_state.term >= last_reported.last_term);
+        // Every reported index is still covered, by the snapshot or by an entry whose term
+        // is at least the one reported for it.
+        for r in &reported {
+            if r.last_index > state.snapshot.index {
+                let e = &state.entries[(r.last_index - state.snapshot.index - 1) as usize];
+                assert!(
+                    e.term >= r.last_term,
+                    "entry {} lost its term",
+                    r.last_index
+                );
+            }
+        }
+        // The content is exactly what the child wrote, and terms never go down.
+        let mut prev_term = state.snapshot.term;
+        for e in &state.entries {
+            assert_eq!(*e, entry(e.index, e.term), "entry {} is garbled", e.index);
+            assert!(e.term >= prev_term, "term goes down at index {}", e.index);
+            prev_term = e.term;
+        }
     }
     // And the log is writable after recovery.
     let mut store = RedbStore::open(&path).unwrap();
+    let state = store.load().unwrap();
     let next = state.last_index() + 1;
     store
-        .write(&append(entries(next..=next, prev_term)))
+        .write(&append(entries(next..=next, state.hard_state.term)))
         .unwrap();
     assert_eq!(store.load().unwrap().last_index(), next);
 }
