@@ -14,8 +14,9 @@ use crate::core::{Entry, HardState, SnapshotMeta};
 
 /// An in-memory log store. Clones share the same state.
 ///
-/// It accepts and refuses batches by exactly the same rules as
-/// [`RedbStore`](super::RedbStore), so code tested against it behaves the same on disk.
+/// It accepts, refuses and applies batches by exactly the same rules as
+/// [`RedbStore`](super::RedbStore) (listed in the [`redb_store`](super::redb_store)
+/// module documentation), so code tested against it behaves the same on disk.
 #[derive(Clone, Debug, Default)]
 pub struct MemStore {
     inner: Arc<Mutex<Inner>>,

@@ -10,6 +10,17 @@
 //! [`Durability::Immediate`]: one fsync per batch, and the batch is on disk entirely or
 //! not at all.
 //!
+//! What a batch may contain, and what it deletes, is the same for every store of this
+//! crate (see [`MemStore`](super::MemStore)):
+//! * entries must be contiguous, start after the snapshot point and leave no gap after the
+//!   stored log; stored entries at or after the first of them are replaced;
+//! * a snapshot may not go backwards (at the stored snapshot's index it must carry the
+//!   same term); a newer one deletes the entries it covers, and if the stored entry at its
+//!   index has a different term, also every entry after it, since the snapshot
+//!   contradicts that part of the log (Raft paper, section 7);
+//! * a batch breaking these rules is refused with [`StorageError::InvalidBatch`] and
+//!   changes nothing.
+//!
 //! A new file is created only where no file exists, and atomically: the database is
 //! initialised (tables and format marker) under a temporary name next to the target and
 //! renamed into place. So any file found at the path must carry the marker; anything
