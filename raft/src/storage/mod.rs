@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use crate::core::{Entry, HardState, SnapshotMeta};
+use crate::core::{Entry, HardState, Index, SnapshotMeta};
 
 pub mod memory;
 mod plan;
