@@ -28,11 +28,7 @@ fn entry(index: Index, term: Term) -> Entry {
         5 => EntryPayload::Membership(Membership::with_voters([1, 2, index % 7 + 3])),
         _ => EntryPayload::Normal(payload(index, term)),
     };
-    Entry {
-        term,
-        index,
-        payload,
-    }
+    Entry { term, index, payload }
 }
 
 fn entries(range: std::ops::RangeInclusive<Index>, term: Term) -> Vec<Entry> {
@@ -162,10 +158,7 @@ fn conflicting_entries_replace_the_stored_suffix() {
     store.write(&append(entries(6..=8, 2))).unwrap();
     drop(store);
     let state = open_and_load(&path).unwrap();
-    assert_eq!(
-        state.entries,
-        [entries(1..=5, 1), entries(6..=8, 2)].concat()
-    );
+    assert_eq!(state.entries, [entries(1..=5, 1), entries(6..=8, 2)].concat());
 }
 
 #[test]
@@ -183,10 +176,7 @@ fn snapshot_purges_covered_entries() {
         assert_eq!(state.entries, entries(6..=10, 1), "{name}");
         // Appending continues after the purged prefix.
         store.write(&append(entries(11..=11, 1))).unwrap();
-        assert_eq!(
-            indices(&store.load().unwrap()),
-            (6..=11).collect::<Vec<_>>()
-        );
+        assert_eq!(indices(&store.load().unwrap()), (6..=11).collect::<Vec<_>>());
     });
 }
 
@@ -325,11 +315,7 @@ fn truncated_store_is_refused_not_read_as_empty() {
         }
     }
     let full = fs::read(&path).unwrap();
-    assert!(
-        full.len() > 8192,
-        "store unexpectedly small: {}",
-        full.len()
-    );
+    assert!(full.len() > 8192, "store unexpectedly small: {}", full.len());
     // Half, as asked, and a few other cuts: inside the header, and just short of the end.
     for len in [full.len() / 2, 100, 4096, full.len() / 4, full.len() - 1] {
         fs::write(&path, &full[..len]).unwrap();
@@ -370,9 +356,7 @@ fn flipped_bytes_are_detected_or_harmless() {
     };
     let full = fs::read(&path).unwrap();
     // Densely through the headers, then one byte in every page or so.
-    let positions = (0..4096)
-        .step_by(97)
-        .chain((4096..full.len()).step_by(4099));
+    let positions = (0..4096).step_by(97).chain((4096..full.len()).step_by(4099));
     let (mut detected, mut harmless) = (0, 0);
     for pos in positions {
         let mut damaged = full.clone();
@@ -408,10 +392,7 @@ fn foreign_redb_databases_are_refused() {
         let txn = db.begin_write().unwrap();
         {
             let accounts: TableDefinition<&str, u64> = TableDefinition::new("accounts");
-            txn.open_table(accounts)
-                .unwrap()
-                .insert("alice", 10)
-                .unwrap();
+            txn.open_table(accounts).unwrap().insert("alice", 10).unwrap();
         }
         txn.commit().unwrap();
     }
@@ -614,12 +595,7 @@ impl Drop for KillOnDrop {
 fn run_and_kill_writer(path: &Path, writes: usize) -> Vec<Reported> {
     let mut child = KillOnDrop(
         Command::new(std::env::current_exe().unwrap())
-            .args([
-                CRASH_TEST_NAME,
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args([CRASH_TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
             .env(CRASH_CHILD_ENV, path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -713,11 +689,7 @@ fn killed_writer_keeps_every_reported_write() {
         for r in &reported {
             if r.last_index > state.snapshot.index {
                 let e = &state.entries[(r.last_index - state.snapshot.index - 1) as usize];
-                assert!(
-                    e.term >= r.last_term,
-                    "entry {} lost its term",
-                    r.last_index
-                );
+                assert!(e.term >= r.last_term, "entry {} lost its term", r.last_index);
             }
         }
         // The content is exactly what the child wrote, and terms never go down.
@@ -757,10 +729,7 @@ impl Model {
         if index == self.snapshot.index {
             return Some(self.snapshot.term);
         }
-        self.entries
-            .iter()
-            .find(|e| e.index == index)
-            .map(|e| e.term)
+        self.entries.iter().find(|e| e.index == index).map(|e| e.term)
     }
 
     fn state(&self) -> InitialState {
@@ -797,12 +766,7 @@ impl Model {
             if first.index <= next.snapshot.index || first.index > next.last() + 1 {
                 return false;
             }
-            if batch
-                .entries
-                .iter()
-                .zip(first.index..)
-                .any(|(e, i)| e.index != i)
-            {
+            if batch.entries.iter().zip(first.index..).any(|(e, i)| e.index != i) {
                 return false;
             }
             next.entries.retain(|e| e.index < first.index);
@@ -916,16 +880,11 @@ fn resolve(op: &Op, model: &Model, term: &mut Term) -> WriteBatch {
             let from = probe.last() + 1;
             WriteBatch {
                 snapshot: Some(snap),
-                entries: (from..from + then_append)
-                    .map(|i| entry(i, *term))
-                    .collect(),
+                entries: (from..from + then_append).map(|i| entry(i, *term)).collect(),
                 hard_state: None,
             }
         }
-        Op::HardState {
-            vote,
-            commit_percent,
-        } => WriteBatch {
+        Op::HardState { vote, commit_percent } => WriteBatch {
             hard_state: Some(HardState {
                 term: *term,
                 vote,

@@ -49,9 +49,7 @@ impl MemStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic elsewhere while holding the lock cannot leave `Inner` half-updated
         // in a way we care about (writes mutate only after validation), so recover.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A copy of what is currently stored, exactly what [`LogStore::load`] would return.

@@ -274,9 +274,6 @@ mod tests {
             ..Default::default()
         };
         let p = plan(before, &same, no_lookup).unwrap();
-        assert_eq!(
-            (p.purge_through, p.truncate_from, p.after),
-            (None, None, before)
-        );
+        assert_eq!((p.purge_through, p.truncate_from, p.after), (None, None, before));
     }
 }

@@ -37,8 +37,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    TableError,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -102,9 +101,7 @@ impl RedbStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref();
         match fs::metadata(path) {
-            Ok(meta) if !meta.is_file() => {
-                return Err(open_error(path, "it is not a regular file"))
-            }
+            Ok(meta) if !meta.is_file() => return Err(open_error(path, "it is not a regular file")),
             Ok(meta) if meta.len() == 0 => {
                 return Err(open_error(
                     path,
@@ -137,9 +134,7 @@ impl RedbStore {
     /// cleanly, which spares the next open a crash-recovery pass.
     pub fn close(self) -> Result<(), StorageError> {
         let path = self.path;
-        self.db
-            .close()
-            .map_err(|e| redb_error(&path, "cannot close", e))
+        self.db.close().map_err(|e| redb_error(&path, "cannot close", e))
     }
 
     /// Checks that the file is one of ours and reads where its log starts and ends.
@@ -217,9 +212,9 @@ impl RedbStore {
                 return Err(corrupt(
                     path,
                     match expected {
-                        Some(expected) if index > expected => format!(
-                            "the log has no entry at index {expected} but has one at index {index}"
-                        ),
+                        Some(expected) if index > expected => {
+                            format!("the log has no entry at index {expected} but has one at index {index}")
+                        }
                         _ => format!(
                             "the log has an entry at index {index}, at or below the snapshot \
                              index {}",
@@ -355,9 +350,8 @@ fn create(path: &Path) -> Result<(), StorageError> {
     let mut tmp_name = name.to_os_string();
     tmp_name.push(CREATING_SUFFIX);
     let tmp = path.with_file_name(tmp_name);
-    let tmp_error = |what: &str, e: &dyn fmt::Display| {
-        open_error(path, format!("{what} {}: {e}", tmp.display()))
-    };
+    let tmp_error =
+        |what: &str, e: &dyn fmt::Display| open_error(path, format!("{what} {}: {e}", tmp.display()));
 
     // A leftover from a creation that crashed before the rename: never a live log.
     match fs::remove_file(&tmp) {
@@ -368,9 +362,7 @@ fn create(path: &Path) -> Result<(), StorageError> {
     let db = Database::builder()
         .create(&tmp)
         .map_err(|e| tmp_error("cannot create", &e))?;
-    let mut txn = db
-        .begin_write()
-        .map_err(|e| tmp_error("cannot initialise", &e))?;
+    let mut txn = db.begin_write().map_err(|e| tmp_error("cannot initialise", &e))?;
     txn.set_durability(Durability::Immediate)
         .map_err(|e| tmp_error("cannot initialise", &e))?;
     {
@@ -382,8 +374,7 @@ fn create(path: &Path) -> Result<(), StorageError> {
         meta.insert(FORMAT_KEY, FORMAT_V1)
             .map_err(|e| tmp_error("cannot initialise", &e))?;
     }
-    txn.commit()
-        .map_err(|e| tmp_error("cannot initialise", &e))?;
+    txn.commit().map_err(|e| tmp_error("cannot initialise", &e))?;
     db.close().map_err(|e| tmp_error("cannot close", &e))?;
     fs::rename(&tmp, path).map_err(|e| tmp_error("cannot rename into place", &e))?;
     sync_parent_dir(path).map_err(|e| open_error(path, format!("cannot sync its directory: {e}")))
@@ -419,9 +410,9 @@ fn open_database(path: &Path) -> Result<Database, StorageError> {
             path,
             "it is already open (locked by this or another process)",
         )),
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => Err(
-            corrupt(path, format!("not a valid redb database: {reason}")),
-        ),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => {
+            Err(corrupt(path, format!("not a valid redb database: {reason}")))
+        }
         Ok(Err(e)) => Err(open_error(path, format!("not a valid redb database: {e}"))),
         Err(panic) => {
             let message = panic
