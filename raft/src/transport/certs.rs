@@ -203,6 +203,7 @@ impl ClusterCa {
 mod tests {
     use super::*;
     use crate::transport::tls::{build_tls_configs, node_id_from_cert};
+    use rustls::client::danger::ServerCertVerifier;
 
     fn leaf_der(pem: &str) -> CertificateDer<'static> {
         rustls_pemfile::certs(&mut std::io::BufReader::new(pem.as_bytes()))
@@ -245,7 +246,33 @@ mod tests {
         let again = ClusterCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
         // A certificate issued by the reloaded CA is trusted by the original one.
         let cert = again.issue_node(3).unwrap();
-        build_tls_configs(3, &ca.tls_material(&cert)).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(leaf_der(ca.cert_pem())).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            crate::transport::tls::crypto_provider(),
+        )
+        .build()
+        .unwrap();
+        verifier
+            .verify_server_cert(
+                &leaf_der(&cert.cert_pem),
+                &[],
+                &rustls::pki_types::ServerName::try_from("node-3.raft").unwrap(),
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .unwrap();
+        // ... and only for the node it names.
+        assert!(verifier
+            .verify_server_cert(
+                &leaf_der(&cert.cert_pem),
+                &[],
+                &rustls::pki_types::ServerName::try_from("node-4.raft").unwrap(),
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .is_err());
 
         let other = ClusterCa::generate().unwrap();
         assert!(matches!(
