@@ -295,6 +295,62 @@ async fn delivery_resumes_after_a_peer_restarts() {
     b2.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_resumes_quickly_after_a_peer_crashes() {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    // Idle timeouts far longer than the test: only stateless resets can reveal the
+    // crash in time.
+    let mut a_cfg = config(1, &ca);
+    a_cfg.idle_timeout = Duration::from_secs(120);
+    let mut a = bind(a_cfg);
+    let mut b_cfg = config(2, &ca).with_peer(1, a.t.local_addr());
+    b_cfg.idle_timeout = Duration::from_secs(120);
+
+    // Node 2 runs on a runtime of its own, so that it can die without a word.
+    let b_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, mut b_rx) = mpsc::channel(1024);
+    let b = {
+        let _guard = b_rt.enter();
+        QuicTransport::bind(b_cfg.clone(), tx).unwrap()
+    };
+    let b_addr = b.local_addr();
+    a.t.set_peer(2, b_addr);
+    send_until_delivered(&a.t, 1, 2, &mut b_rx).await;
+    send_until_delivered(&b, 2, 1, &mut a.rx).await;
+
+    // Crash: every task of node 2 (endpoint driver included) vanishes, no close is
+    // sent, and node 1 still believes its connection is up.
+    b_rt.shutdown_background();
+    drop(b);
+    drop(b_rx);
+    assert!(a.t.peer_status(2).unwrap().connected);
+
+    let start = Instant::now();
+    let (tx, mut b_rx) = mpsc::channel(1024);
+    let b2 = rebind(
+        QuicConfig {
+            listen: b_addr,
+            ..b_cfg
+        },
+        tx,
+    )
+    .await;
+    send_until_delivered(&a.t, 1, 2, &mut b_rx).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(a.t.peer_status(2).unwrap().connects >= 2);
+    a.t.shutdown().await;
+    b2.shutdown().await;
+}
+
 /// An address where nothing listens.
 fn dead_addr() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0")

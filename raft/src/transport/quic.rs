@@ -287,6 +287,29 @@ fn transport_config(
     Ok(t)
 }
 
+/// Keys of the endpoint's stateless reset tokens and connection id generator, derived
+/// from the node's private key so that they survive restarts. When a node crashes and
+/// comes back on the same address, its peers' packets on the old connections carry
+/// connection ids it recognises as its own and are answered with stateless resets the
+/// peers accept, so they reconnect at once instead of waiting out the idle timeout.
+fn restart_stable_keys(
+    node_id: NodeId,
+    tls: &TlsMaterial,
+) -> (Arc<dyn quinn::crypto::HmacKey>, u64) {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"raft/1 quic endpoint keys\0");
+    ctx.update(&node_id.to_be_bytes());
+    ctx.update(tls.key_pem.as_bytes());
+    let secret = ctx.finish();
+    let (reset, cid) = secret.as_ref().split_at(24);
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(cid);
+    (
+        Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset)),
+        u64::from_le_bytes(cid_key),
+    )
+}
+
 /// The node id named by a connection's peer certificate.
 fn peer_node_id(conn: &Connection) -> Option<NodeId> {
     let identity = conn.peer_identity()?;
@@ -338,9 +361,20 @@ impl QuicTransport {
             0,
         )?));
 
+        let socket = std::net::UdpSocket::bind(config.listen)?;
+        let (reset_key, cid_key) = restart_stable_keys(config.node_id, &config.tls);
+        let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let mut endpoint = {
             let _guard = handle.enter();
-            Endpoint::server(server, config.listen)?
+            Endpoint::new(
+                endpoint_config,
+                Some(server),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?
         };
         endpoint.set_default_client_config(client);
         let local_addr = endpoint.local_addr()?;
