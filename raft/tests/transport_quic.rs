@@ -11,7 +11,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, ConnectionError, Endpoint, VarInt};
 use raft::core::{AppendEntries, Entry, EntryPayload, Message, MessageBody, NodeId};
 use raft::transport::certs::ClusterCa;
-use raft::transport::frame::{FrameCodec, FrameRef, StreamKind, WIRE_VERSION};
+use raft::transport::frame::{FrameCodec, FrameRef, Hello, StreamKind, WIRE_VERSION};
 use raft::transport::quic::{CLOSE_BAD_ADDRESS, CLOSE_PROTOCOL, CLOSE_UNAUTHORIZED};
 use raft::transport::tls::{crypto_provider, node_server_name, TlsMaterial, ALPN};
 use raft::transport::{QuicConfig, QuicTransport, Transport};
@@ -467,14 +467,19 @@ fn app_code(e: &ConnectionError) -> Option<VarInt> {
     }
 }
 
-fn frames(msgs: &[Message]) -> Vec<u8> {
+/// A messages stream carrying `frames`.
+fn stream_of(frames: &[FrameRef<'_>]) -> Vec<u8> {
     let mut codec = FrameCodec::new(1 << 20);
     let mut buf = BytesMut::new();
     buf.put_u8(StreamKind::Messages.as_byte());
-    for m in msgs {
-        codec.encode(FrameRef::Message(m), &mut buf).unwrap();
+    for &f in frames {
+        codec.encode(f, &mut buf).unwrap();
     }
     buf.to_vec()
+}
+
+fn frames(msgs: &[Message]) -> Vec<u8> {
+    stream_of(&msgs.iter().map(FrameRef::Message).collect::<Vec<_>>())
 }
 
 /// Deterministic pseudo-random bytes (xorshift).
@@ -658,6 +663,62 @@ async fn a_peer_cannot_speak_for_another_node() {
     );
     assert_silent(&mut a.rx).await;
     assert_eq!(a.t.inbound_stats().protocol_errors, 2);
+    a.t.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_hello_must_match_the_certificate_and_cluster() {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut cfg = config(1, &ca).with_peer(2, dead_addr());
+    cfg.cluster_id = Some("alpha".into());
+    let mut a = bind(cfg);
+    let m2 = ca.node_material(2).unwrap();
+    let hello = |node_id, cluster: &str| Hello {
+        node_id,
+        cluster_id: Some(cluster.into()),
+    };
+    let m = heartbeat(2, 1, 1);
+    let cases = [
+        (
+            stream_of(&[FrameRef::Hello(&hello(3, "alpha")), FrameRef::Message(&m)]),
+            CLOSE_BAD_ADDRESS,
+        ),
+        (
+            stream_of(&[FrameRef::Hello(&hello(2, "beta")), FrameRef::Message(&m)]),
+            CLOSE_UNAUTHORIZED,
+        ),
+        (
+            stream_of(&[FrameRef::Message(&m), FrameRef::Hello(&hello(2, "alpha"))]),
+            CLOSE_PROTOCOL,
+        ),
+    ];
+    for (i, (bytes, code)) in cases.iter().enumerate() {
+        let (_ep, conn) = raw_connect(&m2, a.t.local_addr(), 1).await;
+        let closed = write_and_wait_close(&conn.unwrap(), bytes, false).await;
+        assert_eq!(
+            app_code(&closed),
+            Some(VarInt::from_u32(*code)),
+            "case {i}: {closed}"
+        );
+    }
+    // Only the third case's message, sent before its misplaced hello, got through.
+    let got = recv_n(&mut a.rx, 1, DEADLINE).await;
+    assert_eq!(got[0], m);
+    assert_silent(&mut a.rx).await;
+
+    // A matching hello is fine.
+    let (_ep, conn) = raw_connect(&m2, a.t.local_addr(), 1).await;
+    let conn = conn.unwrap();
+    let mut s = conn.open_uni().await.unwrap();
+    s.write_all(&stream_of(&[
+        FrameRef::Hello(&hello(2, "alpha")),
+        FrameRef::Message(&m),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(recv_n(&mut a.rx, 1, DEADLINE).await[0], m);
+    assert_eq!(a.t.inbound_stats().protocol_errors, 3);
     a.t.shutdown().await;
 }
 
