@@ -183,10 +183,7 @@ async fn faulty_transport_filters_outgoing_traffic() {
     );
     faults.heal_all();
     faults.block_direction(3, 2);
-    assert_eq!(
-        probe_mem(&wrapped, &mut rxs, &markers).await,
-        without(&[(3, 2)])
-    );
+    assert_eq!(probe_mem(&wrapped, &mut rxs, &markers).await, without(&[(3, 2)]));
     faults.heal_all();
     assert_eq!(probe_mem(&wrapped, &mut rxs, &markers).await, all_links());
     assert_eq!(wrapped[&1].inner().id(), 1);

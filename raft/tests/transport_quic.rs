@@ -92,10 +92,7 @@ fn bind(cfg: QuicConfig) -> Node {
 /// Binds `n` fully meshed nodes with ids 1..=n.
 fn mesh(ca: &ClusterCa, n: u64) -> BTreeMap<NodeId, Node> {
     let nodes: BTreeMap<NodeId, Node> = (1..=n).map(|id| (id, bind(config(id, ca)))).collect();
-    let addrs: Vec<(NodeId, SocketAddr)> = nodes
-        .iter()
-        .map(|(&id, n)| (id, n.t.local_addr()))
-        .collect();
+    let addrs: Vec<(NodeId, SocketAddr)> = nodes.iter().map(|(&id, n)| (id, n.t.local_addr())).collect();
     for node in nodes.values() {
         for &(id, addr) in &addrs {
             node.t.set_peer(id, addr);
@@ -189,12 +186,7 @@ async fn three_nodes_exchange_messages_in_order() {
         }
     }
     for to in 1..=3u64 {
-        let got = recv_n(
-            &mut nodes.get_mut(&to).unwrap().rx,
-            2 * N as usize,
-            DEADLINE,
-        )
-        .await;
+        let got = recv_n(&mut nodes.get_mut(&to).unwrap().rx, 2 * N as usize, DEADLINE).await;
         for from in (1..=3u64).filter(|&f| f != to) {
             assert_in_order(&got, from, to, N);
         }
@@ -353,10 +345,7 @@ async fn delivery_resumes_quickly_after_a_peer_crashes() {
 
 /// An address where nothing listens.
 fn dead_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 #[tokio::test]
@@ -497,9 +486,7 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 
 /// A single node 1 whose peers are 2 and 3 (not running: driven by raw clients).
 fn lone_node(ca: &ClusterCa, max_frame_len: usize) -> Node {
-    let mut cfg = config(1, ca)
-        .with_peer(2, dead_addr())
-        .with_peer(3, dead_addr());
+    let mut cfg = config(1, ca).with_peer(2, dead_addr()).with_peer(3, dead_addr());
     cfg.max_frame_len = max_frame_len;
     bind(cfg)
 }
@@ -603,15 +590,9 @@ async fn a_certificate_from_another_ca_delivers_nothing() {
     // judged its certificate; either way the connection dies without delivering.
     if let Ok(conn) = conn {
         let closed = write_and_wait_close(&conn, &frames(&[heartbeat(2, 1, 1)]), true).await;
-        assert!(
-            matches!(closed, ConnectionError::ConnectionClosed(_)),
-            "{closed}"
-        );
+        assert!(matches!(closed, ConnectionError::ConnectionClosed(_)), "{closed}");
     }
-    wait_for("the rejection", DEADLINE, || {
-        a.t.inbound_stats().rejected == 1
-    })
-    .await;
+    wait_for("the rejection", DEADLINE, || a.t.inbound_stats().rejected == 1).await;
     assert_eq!(a.t.inbound_stats().accepted, 0);
     assert_silent(&mut a.rx).await;
 
@@ -623,10 +604,7 @@ async fn a_certificate_from_another_ca_delivers_nothing() {
         b.t.send(1, vec![heartbeat(2, 1, r)]);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    wait_for("more rejections", DEADLINE, || {
-        a.t.inbound_stats().rejected >= 2
-    })
-    .await;
+    wait_for("more rejections", DEADLINE, || a.t.inbound_stats().rejected >= 2).await;
     assert_silent(&mut a.rx).await;
     assert_eq!(a.t.inbound_stats().received, 0);
     a.t.shutdown().await;
@@ -829,8 +807,7 @@ async fn measure_throughput_and_latency() {
     let (tx1, mut rx1) = mpsc::channel(8192);
     let a = QuicTransport::bind(cfg1, tx1).unwrap();
     let (tx2, mut rx2) = mpsc::channel(8192);
-    let b =
-        Arc::new(QuicTransport::bind(config(2, &ca).with_peer(1, a.local_addr()), tx2).unwrap());
+    let b = Arc::new(QuicTransport::bind(config(2, &ca).with_peer(1, a.local_addr()), tx2).unwrap());
     a.set_peer(2, b.local_addr());
 
     // Warm up the connection.

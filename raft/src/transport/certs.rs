@@ -19,8 +19,8 @@
 use std::fmt;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, PublicKeyData,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -118,14 +118,12 @@ impl ClusterCa {
                 .next()
                 .ok_or(CertError::BadCaCertificate)?
                 .map_err(|_| CertError::BadCaCertificate)?;
-        let given =
-            webpki::EndEntityCert::try_from(&der).map_err(|_| CertError::BadCaCertificate)?;
+        let given = webpki::EndEntityCert::try_from(&der).map_err(|_| CertError::BadCaCertificate)?;
         // Issue the same self-signed certificate again; the subject and key must match
         // what was given, otherwise certificates we issue would not chain to it.
         let params = ca_params();
         let again = params.self_signed(&key)?;
-        let again = webpki::EndEntityCert::try_from(again.der())
-            .map_err(|_| CertError::BadCaCertificate)?;
+        let again = webpki::EndEntityCert::try_from(again.der()).map_err(|_| CertError::BadCaCertificate)?;
         if given.subject() != again.subject()
             || given.subject_public_key_info().as_ref() != key.subject_public_key_info().as_slice()
         {

@@ -178,11 +178,7 @@ pub struct FaultyTransport<T> {
 impl<T: Transport> FaultyTransport<T> {
     /// Wraps node `node`'s transport `inner`.
     pub fn new(node: NodeId, inner: T, faults: Arc<Faults>) -> Self {
-        FaultyTransport {
-            node,
-            inner,
-            faults,
-        }
+        FaultyTransport { node, inner, faults }
     }
 
     /// The wrapped transport.

@@ -259,10 +259,7 @@ mod tests {
         codec.encode(FrameRef::Message(&msg()), &mut full).unwrap();
         let mut part = BytesMut::from(&full[..full.len() - 1]);
         assert_eq!(codec.decode(&mut part).unwrap(), None);
-        assert!(matches!(
-            codec.decode_eof(&mut part),
-            Err(FrameError::Truncated)
-        ));
+        assert!(matches!(codec.decode_eof(&mut part), Err(FrameError::Truncated)));
     }
 
     #[test]
@@ -278,20 +275,14 @@ mod tests {
             Err(FrameError::TooLarge { max: 16 })
         ));
         assert!(matches!(decode_body(&[]), Err(FrameError::Empty)));
-        assert!(matches!(
-            decode_body(&[2, 1]),
-            Err(FrameError::UnknownVersion(2))
-        ));
+        assert!(matches!(decode_body(&[2, 1]), Err(FrameError::UnknownVersion(2))));
         assert!(matches!(
             decode_body(&[WIRE_VERSION, 9]),
             Err(FrameError::Decode(_))
         ));
         let mut body = encode_body(FrameRef::Message(&msg())).unwrap();
         body.push(0);
-        assert!(matches!(
-            decode_body(&body),
-            Err(FrameError::TrailingBytes(1))
-        ));
+        assert!(matches!(decode_body(&body), Err(FrameError::TrailingBytes(1))));
         assert!(matches!(
             StreamKind::from_byte(0),
             Err(FrameError::UnknownStreamKind(0))

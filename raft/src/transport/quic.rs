@@ -41,9 +41,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::frame::{
-    Frame, FrameCodec, FrameError, FrameRef, Hello, StreamKind, DEFAULT_MAX_FRAME_LEN,
-};
+use super::frame::{Frame, FrameCodec, FrameError, FrameRef, Hello, StreamKind, DEFAULT_MAX_FRAME_LEN};
 use super::tls::{build_tls_configs, node_id_from_cert, node_server_name, TlsError, TlsMaterial};
 use super::Transport;
 use crate::core::{Message, NodeId};
@@ -292,10 +290,7 @@ fn transport_config(
 /// comes back on the same address, its peers' packets on the old connections carry
 /// connection ids it recognises as its own and are answered with stateless resets the
 /// peers accept, so they reconnect at once instead of waiting out the idle timeout.
-fn restart_stable_keys(
-    node_id: NodeId,
-    tls: &TlsMaterial,
-) -> (Arc<dyn quinn::crypto::HmacKey>, u64) {
+fn restart_stable_keys(node_id: NodeId, tls: &TlsMaterial) -> (Arc<dyn quinn::crypto::HmacKey>, u64) {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(b"raft/1 quic endpoint keys\0");
     ctx.update(&node_id.to_be_bytes());
@@ -324,10 +319,7 @@ impl QuicTransport {
     /// Messages from authenticated peers are delivered to `inbound`, in order per
     /// sending peer. Peers in `config.peers` are dialed lazily, on the first message
     /// sent to them.
-    pub fn bind(
-        config: QuicConfig,
-        inbound: mpsc::Sender<Message>,
-    ) -> Result<Self, TransportError> {
+    pub fn bind(config: QuicConfig, inbound: mpsc::Sender<Message>) -> Result<Self, TransportError> {
         if config.node_id == 0 {
             return Err(TransportError::Config("node id 0 is reserved"));
         }
@@ -346,15 +338,13 @@ impl QuicTransport {
         })?;
         let tls = build_tls_configs(config.node_id, &config.tls)?;
 
-        let mut server =
-            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls.server)?));
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls.server)?));
         server.transport_config(Arc::new(transport_config(
             config.idle_timeout,
             None,
             MAX_INBOUND_STREAMS,
         )?));
-        let mut client =
-            quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls.client)?));
+        let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls.client)?));
         client.transport_config(Arc::new(transport_config(
             config.idle_timeout,
             Some(config.keep_alive),
@@ -364,9 +354,8 @@ impl QuicTransport {
         let socket = std::net::UdpSocket::bind(config.listen)?;
         let (reset_key, cid_key) = restart_stable_keys(config.node_id, &config.tls);
         let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
-        endpoint_config.cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-        });
+        endpoint_config
+            .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
         let mut endpoint = {
             let _guard = handle.enter();
             Endpoint::new(
@@ -403,10 +392,7 @@ impl QuicTransport {
             transport.set_peer(id, addr);
         }
         let shared = transport.shared.clone();
-        transport
-            .shared
-            .tasks
-            .spawn_on(shared.accept_loop(), &handle);
+        transport.shared.tasks.spawn_on(shared.accept_loop(), &handle);
         Ok(transport)
     }
 
@@ -525,8 +511,7 @@ impl QuicTransport {
             .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
     }
 }
 
@@ -690,10 +675,7 @@ impl Shared {
         let found = peer_node_id(&conn);
         if found != Some(id) {
             conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED), b"unexpected identity");
-            return Err(TransportError::WrongPeer {
-                expected: id,
-                found,
-            });
+            return Err(TransportError::WrongPeer { expected: id, found });
         }
         let mut send = conn.open_uni().await?;
         send.write_all(&[StreamKind::Messages.as_byte()]).await?;
@@ -755,8 +737,7 @@ impl Shared {
             match written {
                 Ok(unencodable) => {
                     peer.drop_n(unencodable);
-                    peer.sent
-                        .fetch_add((n - unencodable) as u64, Ordering::Relaxed);
+                    peer.sent.fetch_add((n - unencodable) as u64, Ordering::Relaxed);
                     batch.clear();
                 }
                 Err(e) => return PumpEnd::Failed(e.into()),
@@ -841,10 +822,7 @@ impl Shared {
                 let conn = conn.clone();
                 self.tasks.spawn(async move {
                     if let ReadEnd::Violation(code, reason) = shared.read_stream(peer, recv).await {
-                        shared
-                            .counters
-                            .protocol_errors
-                            .fetch_add(1, Ordering::Relaxed);
+                        shared.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(remote = %conn.remote_address(), peer, %reason,
                             "closing peer connection: protocol violation");
                         conn.close(VarInt::from_u32(code), reason.as_bytes());

@@ -190,8 +190,7 @@ pub fn build_tls_configs(node_id: NodeId, material: &TlsMaterial) -> Result<TlsC
     }
     let key = read_key(&material.key_pem)?;
 
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -241,9 +240,6 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_certificate() {
-        assert_eq!(
-            node_id_from_cert(&CertificateDer::from(vec![1, 2, 3])),
-            None
-        );
+        assert_eq!(node_id_from_cert(&CertificateDer::from(vec![1, 2, 3])), None);
     }
 }

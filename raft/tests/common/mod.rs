@@ -312,8 +312,16 @@ impl Cluster {
     }
 
     /// Propose on whichever node leads, following NotLeader hints, until `timeout`.
-    /// Returns the applied index, or the last error.
-    pub async fn propose_anywhere(&self, data: Bytes, timeout: Duration) -> Result<Index, SidecarError> {
+    /// Every attempt carries a distinct payload (`data#attempt`): a retry after an
+    /// "outcome unknown" error may commit alongside the first attempt, and raft itself
+    /// does not deduplicate (the bank's sessions do). Returns the acknowledged index
+    /// and payload, or the last error.
+    pub async fn propose_anywhere(
+        &self,
+        data: Bytes,
+        timeout: Duration,
+    ) -> Result<(Index, Bytes), SidecarError> {
+        let mut attempt = 0u32;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = SidecarError::Timeout;
         let mut target = self.nodes.keys().next().copied().unwrap_or(1);
@@ -322,8 +330,10 @@ impl Cluster {
                 target = target % self.nodes.len() as u64 + 1;
                 continue;
             };
-            match node.handle.propose(data.clone()).await {
-                Ok(a) => return Ok(a.index),
+            attempt += 1;
+            let payload = Bytes::from([&data[..], format!("#{attempt}").as_bytes()].concat());
+            match node.handle.propose(payload.clone()).await {
+                Ok(a) => return Ok((a.index, payload)),
                 Err(SidecarError::NotLeader { leader: Some(l), .. }) if l != target => target = l,
                 Err(e) => {
                     last = e;
