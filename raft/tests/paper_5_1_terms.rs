@@ -6,9 +6,9 @@
 //! immediately reverts to follower state. If a server receives a request with a stale
 //! term number, it rejects the request."
 
-mod common;
+mod paper_harness;
 
-use common::*;
+use paper_harness::*;
 use raft::core::{MessageBody, Role};
 
 /// 5.1: a follower that sees a higher term adopts it (and forgets its vote, which

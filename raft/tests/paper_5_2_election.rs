@@ -12,9 +12,9 @@
 //! The core adds a pre-vote round (thesis 9.6) in front of the vote when
 //! `pre_vote` is on; tests that are about the paper's algorithm itself turn it off.
 
-mod common;
+mod paper_harness;
 
-use common::*;
+use paper_harness::*;
 use raft::core::{MessageBody, Role};
 use raft::sim::{Sim, SimOptions};
 

@@ -9,9 +9,9 @@
 //! hold, and a follower's conflicting entries are overwritten by the leader's
 //! (Figure 7).
 
-mod common;
+mod paper_harness;
 
-use common::*;
+use paper_harness::*;
 use raft::core::{EntryPayload, Message, MessageBody, NodeId, Role};
 
 fn is_append_to(m: &Message, to: NodeId) -> bool {

@@ -11,9 +11,9 @@
 //! are committed by counting replicas; once an entry from the current term has been
 //! committed in this way, then all prior entries are committed indirectly" (Figure 8).
 
-mod common;
+mod paper_harness;
 
-use common::*;
+use paper_harness::*;
 use raft::core::{Message, MessageBody, NodeId, Role};
 
 /// 5.4.1: vote and pre-vote requests carry the index and term of the candidate's last
