@@ -462,6 +462,7 @@ impl RaftNode {
             || !self.read_states.is_empty()
             || self.need_broadcast
             || self.pending_snapshot.is_some()
+            || (self.role == Role::Leader && self.reads.needs_round())
     }
 
     /// Collect the work accumulated since the previous ready.
