@@ -409,7 +409,13 @@ impl RaftNode {
                 // ignores disruptive campaigns (thesis 4.2.3), unless the leader itself
                 // ordered the campaign (leadership transfer).
                 MessageBody::Vote { transfer, .. } if !transfer && self.in_lease() => return,
-                MessageBody::PreVote { .. } if self.in_lease() => return,
+                // A pre-vote is granted only by a node that has not heard from a leader
+                // for an election timeout (thesis 9.6), with or without check-quorum.
+                MessageBody::PreVote { .. }
+                    if self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks =>
+                {
+                    return
+                }
                 // Pre-votes carry a prospective term and must not move ours.
                 MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { granted: true } => {}
 
