@@ -22,8 +22,8 @@ fn is_heartbeat(m: &Message) -> bool {
 /// Isolates follower `f` of a settled cluster for 20 election timeouts, then heals and
 /// runs 20 more. Returns (leader before, its term, f's term while isolated, whether the
 /// leader or its term ever changed, the leader and term at the end).
-fn isolate_and_rejoin(opts: SimOptions) -> (u64, u64, u64, bool, Option<u64>, u64) {
-    let mut sim = Sim::new(5, 11, opts);
+fn isolate_and_rejoin(seed: u64, opts: SimOptions) -> (u64, u64, u64, bool, Option<u64>, u64) {
+    let mut sim = Sim::new(5, seed, opts);
     let leader = sim.run_until_leader(5_000_000).expect("a leader");
     let term = sim.nodes[&leader].raft().term();
     let f = (1..=5).find(|&id| id != leader).unwrap();
@@ -52,7 +52,7 @@ fn isolate_and_rejoin(opts: SimOptions) -> (u64, u64, u64, bool, Option<u64>, u6
 #[test]
 fn pre_vote_keeps_a_rejoining_node_from_disrupting_the_leader() {
     let (leader, term, isolated_term, disrupted, end_leader, end_term) =
-        isolate_and_rejoin(SimOptions::default());
+        isolate_and_rejoin(11, SimOptions::default());
     assert_eq!(
         isolated_term, term,
         "pre-votes do not raise the isolated node's term"
@@ -70,7 +70,7 @@ fn without_pre_vote_a_rejoining_node_disrupts_the_leader() {
         pre_vote: false,
         ..SimOptions::default()
     };
-    let (_leader, term, isolated_term, disrupted, end_leader, end_term) = isolate_and_rejoin(opts);
+    let (_leader, term, isolated_term, disrupted, end_leader, end_term) = isolate_and_rejoin(11, opts);
     assert!(
         isolated_term > term + 5,
         "the isolated node campaigned again and again"
@@ -78,6 +78,76 @@ fn without_pre_vote_a_rejoining_node_disrupts_the_leader() {
     assert!(disrupted, "the leader was deposed");
     assert!(end_leader.is_some(), "the cluster recovers");
     assert!(end_term > term, "but in a later term");
+}
+
+/// Thesis 9.6: a node grants a pre-vote only if the candidate's log is up to date *and*
+/// it has not heard from a leader for an election timeout. Here with pre-vote on and
+/// check-quorum off: a follower that just heard from its leader, and the leader itself,
+/// refuse a pre-vote from a node with an equally good log; after an election timeout
+/// without news from the leader the follower grants it.
+#[test]
+fn pre_vote_is_refused_while_a_leader_is_heard_from() {
+    let mut net = Net::new(&[1, 2, 3], |id| {
+        let mut cfg = paper_config(id);
+        cfg.pre_vote = true;
+        cfg
+    });
+    net.elect(1);
+    let last_index = net.node(3).last_index();
+    let pre_vote = |to| {
+        msg(
+            3,
+            to,
+            2,
+            MessageBody::PreVote {
+                last_index,
+                last_term: 1,
+            },
+        )
+    };
+    let granted = |net: &Net, to| {
+        net.count_sent(|m| {
+            m.from == to && m.to == 3 && m.body == MessageBody::PreVoteResponse { granted: true }
+        })
+    };
+
+    net.step(pre_vote(2));
+    net.step(pre_vote(1));
+    assert_eq!(granted(&net, 2), 0, "the follower hears from its leader");
+    assert_eq!(granted(&net, 1), 0, "the leader is alive");
+    assert_eq!((net.node(1).role(), net.node(1).term()), (Role::Leader, 1));
+
+    net.tick_n(2, ELECTION);
+    net.take_where(|_| true);
+    net.step(pre_vote(2));
+    assert_eq!(
+        granted(&net, 2),
+        1,
+        "no news from the leader for an election timeout"
+    );
+}
+
+/// Pre-vote on its own, without check-quorum: thesis 9.6 grants a pre-vote only if the
+/// voter "has not received heartbeats from a valid leader for at least a baseline
+/// election timeout", so a rejoining node is refused whatever the other options.
+#[test]
+fn pre_vote_alone_keeps_a_rejoining_node_from_disrupting_the_leader() {
+    let opts = SimOptions {
+        check_quorum: false,
+        ..SimOptions::default()
+    };
+    let mut disrupted = Vec::new();
+    for seed in 0..40 {
+        let (_, term, isolated_term, d, _, _) = isolate_and_rejoin(seed, opts.clone());
+        assert_eq!(isolated_term, term, "seed {seed}");
+        if d {
+            disrupted.push(seed);
+        }
+    }
+    assert!(
+        disrupted.is_empty(),
+        "the leader was deposed on rejoin with seeds {disrupted:?}"
+    );
 }
 
 // --------------------------------------------------------------- check-quorum
