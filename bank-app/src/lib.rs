@@ -12,6 +12,7 @@
 
 pub mod account;
 pub mod command;
+pub mod replica;
 pub mod session;
 pub mod state;
 
@@ -20,5 +21,6 @@ pub use command::{
     validate_amount, AccountId, CodecError, Op, Rejection, Request, Response, SessionRef,
     COMMAND_FORMAT_VERSION, MAX_AMOUNT,
 };
+pub use replica::BankReplica;
 pub use session::SessionInfo;
 pub use state::{Bank, BankConfig, BankError, SNAPSHOT_FORMAT_VERSION};

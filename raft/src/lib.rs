@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod core;
+pub mod sidecar;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod storage;

@@ -409,7 +409,13 @@ impl RaftNode {
                 // ignores disruptive campaigns (thesis 4.2.3), unless the leader itself
                 // ordered the campaign (leadership transfer).
                 MessageBody::Vote { transfer, .. } if !transfer && self.in_lease() => return,
-                MessageBody::PreVote { .. } if self.in_lease() => return,
+                // A pre-vote is granted only by a node that has not heard from a leader
+                // for an election timeout (thesis 9.6), with or without check-quorum.
+                MessageBody::PreVote { .. }
+                    if self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks =>
+                {
+                    return
+                }
                 // Pre-votes carry a prospective term and must not move ours.
                 MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { granted: true } => {}
 
@@ -451,8 +457,10 @@ impl RaftNode {
 
     /// Whether [`RaftNode::ready`] would return anything.
     pub fn has_ready(&self) -> bool {
+        let hard = self.hard_state();
         self.soft_state() != self.prev_soft
-            || self.hard_state() != self.prev_hard
+            || hard.term != self.prev_hard.term
+            || hard.vote != self.prev_hard.vote
             || self.log.has_unstable()
             || !self.msgs.is_empty()
             || !self.persisted_msgs.is_empty()
@@ -460,6 +468,7 @@ impl RaftNode {
             || !self.read_states.is_empty()
             || self.need_broadcast
             || self.pending_snapshot.is_some()
+            || (self.role == Role::Leader && self.reads.needs_round())
     }
 
     /// Collect the work accumulated since the previous ready.
@@ -476,11 +485,17 @@ impl RaftNode {
             self.need_broadcast = false;
         }
         let soft = self.soft_state();
+        let entries = self.log.take_unstable();
         let hard = self.hard_state();
+        // Term and vote must be durable before anything is sent; the commit index
+        // need not be (it is recomputed after a restart), so a commit-only change
+        // costs no fsync of its own: it rides along with the next write.
+        let must_sync = hard.term != self.prev_hard.term || hard.vote != self.prev_hard.vote;
+        let write_hard = must_sync || (!entries.is_empty() && hard != self.prev_hard);
         let rd = Ready {
             soft_state: (soft != self.prev_soft).then_some(soft),
-            hard_state: (hard != self.prev_hard).then_some(hard),
-            entries: self.log.take_unstable(),
+            hard_state: write_hard.then_some(hard),
+            entries,
             messages: std::mem::take(&mut self.msgs),
             persisted_messages: std::mem::take(&mut self.persisted_msgs),
             committed: self.log.take_committed(),
@@ -488,7 +503,9 @@ impl RaftNode {
             snapshot: self.pending_snapshot.take(),
         };
         self.prev_soft = soft;
-        self.prev_hard = hard;
+        if write_hard {
+            self.prev_hard = hard;
+        }
         rd
     }
 

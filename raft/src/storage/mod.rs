@@ -6,7 +6,14 @@
 
 use std::path::PathBuf;
 
-use crate::core::{Entry, HardState, SnapshotMeta};
+use crate::core::{Entry, HardState, Index, SnapshotMeta};
+
+pub mod memory;
+mod plan;
+pub mod redb_store;
+
+pub use memory::MemStore;
+pub use redb_store::RedbStore;
 
 /// What a node finds on disk when it starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,6 +25,13 @@ pub struct InitialState {
     pub snapshot: SnapshotMeta,
     /// Every durable entry after `snapshot.index`, contiguous and in order.
     pub entries: Vec<Entry>,
+}
+
+impl InitialState {
+    /// The index of the last durable entry, or the snapshot index when there is none.
+    pub fn last_index(&self) -> Index {
+        self.entries.last().map_or(self.snapshot.index, |e| e.index)
+    }
 }
 
 /// One atomic, durable unit of work: everything in it is on disk when `write`
@@ -63,6 +77,12 @@ pub enum StorageError {
     /// A read or write failed.
     #[error("raft log I/O error: {0}")]
     Io(String),
+    /// A write batch was refused before anything was written because applying it would
+    /// leave the log inconsistent (entries not contiguous, a gap after the stored log,
+    /// entries at or below the snapshot point, a snapshot older than the stored one).
+    /// This is a bug in the caller, not a disk problem; the store is unchanged.
+    #[error("invalid raft log write: {0}")]
+    InvalidBatch(String),
 }
 
 /// A durable home for the log. Implementations must make `write` atomic and durable

@@ -2,8 +2,28 @@
 //!
 //! The driver hands outgoing messages to a [`Transport`]; incoming messages arrive on
 //! the channel given to the transport when it was built.
+//!
+//! * [`quic`]: the production transport, QUIC with mutual TLS ([`tls`]) and the
+//!   framing of [`frame`].
+//! * [`memory`]: an in-memory network for tests.
+//! * [`fault`]: fault injection (cut sending, receiving, links) around any transport.
+//! * `certs` (feature `certgen`): generation of a cluster CA and node certificates.
 
 use crate::core::{Message, NodeId};
+
+#[cfg(feature = "certgen")]
+pub mod certs;
+pub mod fault;
+pub mod frame;
+pub mod memory;
+pub mod quic;
+pub mod tls;
+
+pub use fault::{Faults, FaultyTransport};
+pub use frame::{FrameError, DEFAULT_MAX_FRAME_LEN};
+pub use memory::{MemNetwork, MemTransport};
+pub use quic::{InboundStats, PeerStatus, QuicConfig, QuicTransport, TransportError};
+pub use tls::{node_id_from_cert, node_server_name, TlsError, TlsMaterial};
 
 /// Outgoing half of a peer transport.
 pub trait Transport: Send + Sync + 'static {
@@ -11,4 +31,10 @@ pub trait Transport: Send + Sync + 'static {
     /// bound: when the peer's queue is full the messages are dropped (Raft
     /// retransmits), so a slow or dead peer cannot stall the others.
     fn send(&self, to: NodeId, msgs: Vec<Message>);
+}
+
+impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
+    fn send(&self, to: NodeId, msgs: Vec<Message>) {
+        (**self).send(to, msgs)
+    }
 }

@@ -1,0 +1,541 @@
+//! The driver task: feeds the core, performs its readies in the contracted order, and
+//! resolves the application's waiting calls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use super::handle::{Applied, LeaderInfo, RaftHandle, Request, SidecarStatus};
+use super::{SidecarConfig, SidecarError, StartError, StateMachine};
+use crate::core::{
+    Entry, EntryPayload, Index, Message, NodeId, ProposeError, RaftNode, ReadState, Ready, Restore, Role,
+    SnapshotMeta, SoftState, Term,
+};
+use crate::storage::{LogStore, StorageError, WriteBatch};
+use crate::transport::Transport;
+
+type ProposeReply = oneshot::Sender<Result<Applied, SidecarError>>;
+type ReadReply = oneshot::Sender<Result<Index, SidecarError>>;
+
+/// Entry point for starting a sidecar.
+pub struct Sidecar;
+
+impl Sidecar {
+    /// Load the node's state from `store`, bootstrap it if it is new, and start the
+    /// driver task on the current tokio runtime. Inbound peer messages are read from
+    /// `inbound`; outbound ones go to `transport`.
+    pub async fn start<S, T, M>(
+        cfg: SidecarConfig,
+        store: S,
+        transport: Arc<T>,
+        inbound: mpsc::Receiver<Message>,
+        state_machine: M,
+    ) -> Result<RaftHandle, StartError>
+    where
+        S: LogStore,
+        T: Transport + ?Sized,
+        M: StateMachine,
+    {
+        let (storage, initial) = StorageThread::spawn(cfg.id, store).await?;
+        let mut initial = initial;
+        let is_new = initial.entries.is_empty()
+            && initial.snapshot.index == 0
+            && initial.snapshot.membership.voters.is_empty();
+        if is_new {
+            let membership = cfg.bootstrap.clone().ok_or(StartError::NoMembership(cfg.id))?;
+            let snapshot = SnapshotMeta {
+                index: 0,
+                term: 0,
+                membership,
+            };
+            storage
+                .write(WriteBatch {
+                    snapshot: Some(snapshot.clone()),
+                    ..Default::default()
+                })
+                .await?;
+            initial.snapshot = snapshot;
+        }
+        let durable = state_machine.durable_index();
+        let core = RaftNode::new(
+            cfg.core_config(),
+            Restore {
+                hard_state: initial.hard_state,
+                snapshot: initial.snapshot,
+                entries: initial.entries,
+                applied: durable,
+            },
+        )?;
+        info!(
+            node = cfg.id,
+            term = core.term(),
+            last_index = core.last_index(),
+            commit = core.commit_index(),
+            "raft sidecar starting"
+        );
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+        let leader_tx = watch::Sender::new(LeaderInfo {
+            term: core.term(),
+            ..Default::default()
+        });
+        let status_tx = watch::Sender::new(SidecarStatus {
+            core: core.status(),
+            applied: durable,
+            elections: 0,
+            leader_changes: 0,
+        });
+        let applied_tx = watch::Sender::new(durable);
+        let handle = RaftHandle {
+            id: cfg.id,
+            tx,
+            leader: leader_tx.subscribe(),
+            status: status_tx.subscribe(),
+            applied: applied_tx.subscribe(),
+            propose_timeout: cfg.propose_timeout,
+            read_timeout: cfg.read_timeout,
+        };
+        let driver = Driver {
+            applied: durable,
+            cfg,
+            core,
+            storage,
+            transport,
+            inbound,
+            requests: rx,
+            sm: state_machine,
+            proposals: BTreeMap::new(),
+            reads: HashMap::new(),
+            reads_waiting_apply: BTreeMap::new(),
+            next_read_ctx: 1,
+            leader_tx,
+            status_tx,
+            applied_tx,
+            last_soft: None,
+            elections: 0,
+            leader_changes: 0,
+            ticks: 0,
+            outbox: BTreeMap::new(),
+        };
+        tokio::spawn(driver.run());
+        Ok(handle)
+    }
+}
+
+struct Driver<T: Transport + ?Sized, M: StateMachine> {
+    cfg: SidecarConfig,
+    core: RaftNode,
+    storage: StorageThread,
+    transport: Arc<T>,
+    inbound: mpsc::Receiver<Message>,
+    requests: mpsc::Receiver<Request>,
+    sm: M,
+    /// Proposals waiting to be applied: index -> (term it was appended in, reply).
+    proposals: BTreeMap<Index, (Term, ProposeReply)>,
+    /// Reads waiting for their ReadIndex confirmation, by context id.
+    reads: HashMap<u64, ReadReply>,
+    /// Confirmed reads waiting for the local state machine to catch up.
+    reads_waiting_apply: BTreeMap<Index, Vec<ReadReply>>,
+    next_read_ctx: u64,
+    applied: Index,
+    leader_tx: watch::Sender<LeaderInfo>,
+    status_tx: watch::Sender<SidecarStatus>,
+    applied_tx: watch::Sender<Index>,
+    last_soft: Option<SoftState>,
+    elections: u64,
+    leader_changes: u64,
+    ticks: u64,
+    outbox: BTreeMap<NodeId, Vec<Message>>,
+}
+
+enum Flow {
+    Continue,
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
+    async fn run(mut self) {
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut inbound_open = true;
+        let stop: Option<oneshot::Sender<()>> = loop {
+            let mut flow = Flow::Continue;
+            tokio::select! {
+                biased;
+                _ = ticker.tick() => self.on_tick(),
+                msg = self.inbound.recv(), if inbound_open => match msg {
+                    Some(m) => self.core.step(m),
+                    None => inbound_open = false,
+                },
+                req = self.requests.recv() => match req {
+                    Some(r) => flow = self.on_request(r),
+                    None => break None,
+                },
+            }
+            // Take whatever else is already queued, so one ready (one fsync) covers
+            // many inputs: this is the group commit.
+            let mut budget = self.cfg.max_batch;
+            while budget > 0 && matches!(flow, Flow::Continue) {
+                budget -= 1;
+                if let Ok(m) = self.inbound.try_recv() {
+                    self.core.step(m);
+                } else if let Ok(r) = self.requests.try_recv() {
+                    flow = self.on_request(r);
+                } else {
+                    break;
+                }
+            }
+            if let Err(e) = self.drain_ready().await {
+                error!(node = self.cfg.id, error = %e, "raft storage failed; stopping the sidecar");
+                self.fail_all(SidecarError::Stopped(format!("storage failure: {e}")));
+                break None;
+            }
+            if let Flow::Shutdown(tx) = flow {
+                break Some(tx);
+            }
+        };
+        info!(node = self.cfg.id, "raft sidecar stopped");
+        self.fail_all(SidecarError::Stopped("shut down".into()));
+        self.storage.close();
+        if let Some(tx) = stop {
+            let _ = tx.send(());
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.core.tick();
+        self.ticks += 1;
+        self.publish_status();
+        if self.ticks.is_multiple_of(100) {
+            // Forget callers that gave up waiting.
+            self.proposals.retain(|_, (_, tx)| !tx.is_closed());
+            self.reads.retain(|_, tx| !tx.is_closed());
+        }
+    }
+
+    fn on_request(&mut self, req: Request) -> Flow {
+        match req {
+            Request::Propose(data, reply) => {
+                metrics::counter!("raft_proposals_total").increment(1);
+                match self.core.propose(data) {
+                    Ok((index, term)) => {
+                        self.proposals.insert(index, (term, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(self.propose_error(e)));
+                    }
+                }
+            }
+            Request::ChangeMembership(next, reply) => match self.core.propose_membership(next) {
+                Ok((index, term)) => {
+                    self.proposals.insert(index, (term, reply));
+                }
+                Err(ProposeError::NotLeader { leader }) => {
+                    let _ = reply.send(Err(self.not_leader(leader)));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(SidecarError::Membership(e.to_string())));
+                }
+            },
+            Request::Read(reply) => {
+                let ctx = self.next_read_ctx;
+                self.next_read_ctx += 1;
+                match self.core.read_index(ctx) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(SidecarError::ReadFailed("no leader known")));
+                    }
+                }
+            }
+            Request::Transfer(to, reply) => {
+                let r = self
+                    .core
+                    .transfer_leader(to)
+                    .map_err(|e| SidecarError::Transfer(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Request::Shutdown(tx) => return Flow::Shutdown(tx),
+        }
+        Flow::Continue
+    }
+
+    fn not_leader(&self, leader: Option<NodeId>) -> SidecarError {
+        SidecarError::NotLeader {
+            leader,
+            addr: leader.and_then(|l| self.core.membership().addrs.get(&l).cloned()),
+        }
+    }
+
+    fn propose_error(&self, e: ProposeError) -> SidecarError {
+        match e {
+            ProposeError::NotLeader { leader } => self.not_leader(leader),
+            ProposeError::TransferInProgress => {
+                SidecarError::Transfer("leadership transfer in progress".into())
+            }
+            other => SidecarError::Membership(other.to_string()),
+        }
+    }
+
+    /// Perform readies until the core has nothing left to do.
+    async fn drain_ready(&mut self) -> Result<(), StorageError> {
+        while self.core.has_ready() {
+            let rd = self.core.ready();
+            self.perform(rd).await?;
+        }
+        Ok(())
+    }
+
+    async fn perform(&mut self, rd: Ready) -> Result<(), StorageError> {
+        let Ready {
+            soft_state,
+            hard_state,
+            entries,
+            messages,
+            persisted_messages,
+            committed,
+            reads,
+            snapshot,
+        } = rd;
+        if let Some(ss) = soft_state {
+            self.on_soft_state(ss);
+        }
+        // 1. The leader's appends go out before its own write: the fsync overlaps the
+        //    network round trip.
+        self.send(messages);
+        // 2. Make the batch durable (one transaction, one fsync).
+        if hard_state.is_some() || !entries.is_empty() || snapshot.is_some() {
+            let started = Instant::now();
+            self.storage
+                .write(WriteBatch {
+                    hard_state,
+                    entries,
+                    snapshot: snapshot.clone(),
+                })
+                .await?;
+            metrics::histogram!("raft_fsync_seconds").record(started.elapsed().as_secs_f64());
+        }
+        if let Some(meta) = &snapshot {
+            warn!(
+                node = self.cfg.id,
+                index = meta.index,
+                "snapshot install requested but not supported yet"
+            );
+        }
+        // 3. Votes and acknowledgements promise durability: only now.
+        self.send(persisted_messages);
+        // 4. Apply, then answer reads.
+        if !committed.is_empty() {
+            self.apply(committed);
+        }
+        for r in reads {
+            self.on_read_state(r);
+        }
+        // 5. Tell the core it is all durable.
+        self.core.advance();
+        Ok(())
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        for m in msgs {
+            self.outbox.entry(m.to).or_default().push(m);
+        }
+        for (to, batch) in std::mem::take(&mut self.outbox) {
+            self.transport.send(to, batch);
+        }
+    }
+
+    fn apply(&mut self, committed: Vec<Entry>) {
+        let started = Instant::now();
+        let n = committed.len();
+        for e in committed {
+            let response = match &e.payload {
+                EntryPayload::Normal(data) => self.sm.apply(e.index, data),
+                EntryPayload::Noop | EntryPayload::Membership(_) => Bytes::new(),
+            };
+            if let Some((term, reply)) = self.proposals.remove(&e.index) {
+                let r = if term == e.term {
+                    Ok(Applied {
+                        index: e.index,
+                        term: e.term,
+                        response,
+                    })
+                } else {
+                    Err(SidecarError::NotCommitted)
+                };
+                let _ = reply.send(r);
+            }
+            self.applied = e.index;
+        }
+        metrics::counter!("raft_applied_total").increment(n as u64);
+        metrics::histogram!("raft_apply_batch_seconds").record(started.elapsed().as_secs_f64());
+        self.applied_tx.send_replace(self.applied);
+        // Reads whose index is now applied can be served.
+        let later = self.reads_waiting_apply.split_off(&(self.applied + 1));
+        for (_, replies) in std::mem::replace(&mut self.reads_waiting_apply, later) {
+            for r in replies {
+                let _ = r.send(Ok(self.applied));
+            }
+        }
+    }
+
+    fn on_read_state(&mut self, rs: ReadState) {
+        let Some(reply) = self.reads.remove(&rs.ctx) else {
+            return;
+        };
+        match rs.index {
+            Some(index) if index <= self.applied => {
+                let _ = reply.send(Ok(index));
+            }
+            Some(index) => self.reads_waiting_apply.entry(index).or_default().push(reply),
+            None => {
+                let _ = reply.send(Err(SidecarError::ReadFailed("leadership changed")));
+            }
+        }
+    }
+
+    fn on_soft_state(&mut self, ss: SoftState) {
+        let prev = self.last_soft.replace(ss);
+        let was_leader = prev.is_some_and(|p| p.role == Role::Leader);
+        if ss.role == Role::Candidate && prev.is_none_or(|p| p.role != Role::Candidate || p.term != ss.term) {
+            self.elections += 1;
+            metrics::counter!("raft_elections_total").increment(1);
+        }
+        let leader_changed = prev.is_none_or(|p| p.leader != ss.leader || p.term != ss.term);
+        if leader_changed {
+            if ss.leader.is_some() {
+                self.leader_changes += 1;
+                metrics::counter!("raft_leader_changes_total").increment(1);
+            }
+            info!(node = self.cfg.id, term = ss.term, leader = ?ss.leader, role = ?ss.role, "leader changed");
+            // Reads forwarded to the old leader will not be answered.
+            for (_, r) in self.reads.drain() {
+                let _ = r.send(Err(SidecarError::ReadFailed("leadership changed")));
+            }
+        }
+        if was_leader && ss.role != Role::Leader {
+            debug!(
+                node = self.cfg.id,
+                waiting = self.proposals.len(),
+                "lost leadership"
+            );
+            for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+                let _ = r.send(Err(SidecarError::LeadershipLost));
+            }
+        }
+        metrics::gauge!("raft_term").set(ss.term as f64);
+        metrics::gauge!("raft_is_leader").set(if ss.role == Role::Leader { 1.0 } else { 0.0 });
+        self.leader_tx.send_replace(LeaderInfo {
+            term: ss.term,
+            leader: ss.leader,
+            addr: ss
+                .leader
+                .and_then(|l| self.core.membership().addrs.get(&l).cloned()),
+            is_self: ss.role == Role::Leader,
+        });
+        self.publish_status();
+    }
+
+    fn publish_status(&mut self) {
+        let core = self.core.status();
+        metrics::gauge!("raft_commit_index").set(core.commit as f64);
+        metrics::gauge!("raft_applied_index").set(self.applied as f64);
+        self.status_tx.send_replace(SidecarStatus {
+            core,
+            applied: self.applied,
+            elections: self.elections,
+            leader_changes: self.leader_changes,
+        });
+    }
+
+    fn fail_all(&mut self, err: SidecarError) {
+        for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+            let _ = r.send(Err(err.clone()));
+        }
+        for (_, r) in self.reads.drain() {
+            let _ = r.send(Err(err.clone()));
+        }
+        for (_, rs) in std::mem::take(&mut self.reads_waiting_apply) {
+            for r in rs {
+                let _ = r.send(Err(err.clone()));
+            }
+        }
+        self.requests.close();
+        while let Ok(req) = self.requests.try_recv() {
+            match req {
+                Request::Propose(_, r) | Request::ChangeMembership(_, r) => {
+                    let _ = r.send(Err(err.clone()));
+                }
+                Request::Read(r) => {
+                    let _ = r.send(Err(err.clone()));
+                }
+                Request::Transfer(_, r) => {
+                    let _ = r.send(Err(err.clone()));
+                }
+                Request::Shutdown(r) => {
+                    let _ = r.send(());
+                }
+            }
+        }
+    }
+}
+
+type StorageJob = (WriteBatch, oneshot::Sender<Result<(), StorageError>>);
+
+/// The log store lives on its own OS thread: its calls block on fsync and must never
+/// run on the async workers.
+struct StorageThread {
+    tx: Option<std::sync::mpsc::Sender<StorageJob>>,
+}
+
+impl StorageThread {
+    async fn spawn<S: LogStore>(
+        id: NodeId,
+        mut store: S,
+    ) -> Result<(Self, crate::storage::InitialState), StorageError> {
+        let (tx, rx) = std::sync::mpsc::channel::<StorageJob>();
+        let (init_tx, init_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("raft-log-{id}"))
+            .spawn(move || {
+                let loaded = store.load();
+                let ok = loaded.is_ok();
+                let _ = init_tx.send(loaded);
+                if !ok {
+                    return;
+                }
+                while let Ok((batch, reply)) = rx.recv() {
+                    let r = store.write(&batch);
+                    let _ = reply.send(r);
+                }
+            })
+            .map_err(|e| StorageError::Io(format!("cannot start the storage thread: {e}")))?;
+        let initial = init_rx
+            .await
+            .map_err(|_| StorageError::Io("storage thread exited during load".into()))??;
+        Ok((StorageThread { tx: Some(tx) }, initial))
+    }
+
+    async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| StorageError::Io("storage closed".into()))?;
+        tx.send((batch, reply))
+            .map_err(|_| StorageError::Io("storage thread is gone".into()))?;
+        rx.await
+            .map_err(|_| StorageError::Io("storage thread is gone".into()))?
+    }
+
+    fn close(&mut self) {
+        self.tx = None;
+    }
+}

@@ -1,0 +1,157 @@
+//! The application's side of the sidecar: a cheap, cloneable handle.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::SidecarError;
+use crate::core::{Index, Membership, NodeAddr, NodeId, Role, Status, Term};
+
+/// A command that was committed and applied locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Where it sits in the log.
+    pub index: Index,
+    /// The term of the leader that appended it.
+    pub term: Term,
+    /// The state machine's response.
+    pub response: Bytes,
+}
+
+/// Who leads, as seen by this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// The current term.
+    pub term: Term,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// The leader's addresses, from the membership.
+    pub addr: Option<NodeAddr>,
+    /// Whether this node is the leader.
+    pub is_self: bool,
+}
+
+/// What the sidecar reports about itself.
+#[derive(Debug, Clone)]
+pub struct SidecarStatus {
+    /// The core's status (role, term, indexes, per-peer progress on the leader).
+    pub core: Status,
+    /// Highest index applied to the local state machine.
+    pub applied: Index,
+    /// Total elections this node started.
+    pub elections: u64,
+    /// Leader changes seen.
+    pub leader_changes: u64,
+}
+
+pub(crate) enum Request {
+    Propose(Bytes, oneshot::Sender<Result<Applied, SidecarError>>),
+    Read(oneshot::Sender<Result<Index, SidecarError>>),
+    Transfer(NodeId, oneshot::Sender<Result<(), SidecarError>>),
+    ChangeMembership(Membership, oneshot::Sender<Result<Applied, SidecarError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The handle an application holds. Cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct RaftHandle {
+    pub(crate) id: NodeId,
+    pub(crate) tx: mpsc::Sender<Request>,
+    pub(crate) leader: watch::Receiver<LeaderInfo>,
+    pub(crate) status: watch::Receiver<SidecarStatus>,
+    pub(crate) applied: watch::Receiver<Index>,
+    pub(crate) propose_timeout: Duration,
+    pub(crate) read_timeout: Duration,
+}
+
+impl RaftHandle {
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Propose a command and wait until it is committed and applied locally. Fails at
+    /// once with `NotLeader` on a follower; every other wait is bounded by the
+    /// configured propose timeout.
+    pub async fn propose(&self, command: Bytes) -> Result<Applied, SidecarError> {
+        let (tx, rx) = oneshot::channel();
+        self.call(Request::Propose(command, tx), rx, self.propose_timeout)
+            .await
+    }
+
+    /// Wait until a read of the local state machine is linearizable: the leader
+    /// confirmed its leadership with a quorum after this call began, and this node has
+    /// applied everything that was committed at that point. Returns that index.
+    pub async fn linearizable_read(&self) -> Result<Index, SidecarError> {
+        let (tx, rx) = oneshot::channel();
+        self.call(Request::Read(tx), rx, self.read_timeout).await
+    }
+
+    /// Ask the leader (this node) to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), SidecarError> {
+        let (tx, rx) = oneshot::channel();
+        self.call(Request::Transfer(to, tx), rx, self.propose_timeout)
+            .await
+    }
+
+    /// Propose a new cluster configuration (at most one voter added or removed).
+    pub async fn change_membership(&self, next: Membership) -> Result<Applied, SidecarError> {
+        let (tx, rx) = oneshot::channel();
+        self.call(Request::ChangeMembership(next, tx), rx, self.propose_timeout)
+            .await
+    }
+
+    /// The latest status report (refreshed every tick and on every role change).
+    pub fn status(&self) -> SidecarStatus {
+        self.status.borrow().clone()
+    }
+
+    /// The current leader as this node sees it.
+    pub fn leader(&self) -> LeaderInfo {
+        self.leader.borrow().clone()
+    }
+
+    /// A receiver that changes whenever the leader or term changes.
+    pub fn watch_leader(&self) -> watch::Receiver<LeaderInfo> {
+        self.leader.clone()
+    }
+
+    /// Highest index applied to the local state machine.
+    pub fn applied_index(&self) -> Index {
+        *self.applied.borrow()
+    }
+
+    /// Whether this node currently believes it is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.status.borrow().core.role == Role::Leader
+    }
+
+    /// Stop the driver after it finishes the batch in progress (everything
+    /// acknowledged is already durable). Returns once it has stopped.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        req: Request,
+        rx: oneshot::Receiver<Result<T, SidecarError>>,
+        timeout: Duration,
+    ) -> Result<T, SidecarError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, self.tx.send(req)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(SidecarError::Stopped("driver gone".into())),
+            Err(_) => return Err(SidecarError::Timeout),
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(SidecarError::Stopped("driver dropped the request".into())),
+            Err(_) => Err(SidecarError::Timeout),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The sidecar: a tokio driver that runs the core with durable storage, a peer
+//! transport and the application's state machine, and the cloneable handle the
+//! application uses to propose commands and wait for them to be applied.
+//!
+//! The driver follows the core's ordering contract (see [`crate::core::Ready`]): the
+//! leader's appends leave before its own fsync so the two overlap; votes and append
+//! acknowledgements leave only after the hard state and entries they promise are
+//! durable; committed entries are applied only after the batch that holds them is
+//! durable; reads are answered only once the applied index reaches their read index.
+
+mod driver;
+mod handle;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::core::{Index, Membership, NodeAddr, NodeId};
+
+pub use driver::Sidecar;
+pub use handle::{Applied, LeaderInfo, RaftHandle, SidecarStatus};
+
+/// The application's deterministic state machine.
+///
+/// `apply` must be deterministic: the same commands in the same order produce the same
+/// state and responses on every node (no clock, no randomness, no IO that can fail
+/// differently on two nodes). Business rejections are responses, not errors.
+pub trait StateMachine: Send + 'static {
+    /// Apply one committed command and return the response for its proposer.
+    fn apply(&mut self, index: Index, command: &[u8]) -> Bytes;
+
+    /// The index up to which the state machine's effects are durable on its own (0 if
+    /// it keeps its state in memory only). After a restart the driver applies from the
+    /// entry after it.
+    fn durable_index(&self) -> Index {
+        0
+    }
+
+    /// A serialized image of the whole state, for snapshots.
+    fn snapshot(&self) -> Bytes;
+
+    /// Replace the whole state with a snapshot image taken at `index`.
+    fn restore(&mut self, index: Index, image: &[u8]) -> Result<(), String>;
+}
+
+/// Timing and sizing of a sidecar. Defaults: 10 ms ticks, heartbeat 50 ms, elections
+/// after 300-600 ms.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    /// This node.
+    pub id: NodeId,
+    /// Wall-clock length of one core tick.
+    pub tick: Duration,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u32,
+    /// Minimum election timeout in ticks (randomized up to twice that).
+    pub election_ticks: u32,
+    /// Pre-vote (recommended).
+    pub pre_vote: bool,
+    /// Check-quorum (recommended).
+    pub check_quorum: bool,
+    /// How long `propose` waits for its entry to be applied before giving up with an
+    /// "outcome unknown" error.
+    pub propose_timeout: Duration,
+    /// How long `linearizable_read` waits.
+    pub read_timeout: Duration,
+    /// Capacity of the queue between handles and the driver; when full, `propose`
+    /// waits (backpressure) up to its timeout.
+    pub queue_capacity: usize,
+    /// Most inputs the driver takes before producing a ready (group commit size cap).
+    pub max_batch: usize,
+    /// The cluster to bootstrap when the store is empty. Ignored once the node has
+    /// state on disk.
+    pub bootstrap: Option<Membership>,
+    /// Pipelining window per follower.
+    pub max_inflight_msgs: usize,
+    /// Most entries per AppendEntries.
+    pub max_entries_per_msg: usize,
+    /// Most payload bytes per AppendEntries.
+    pub max_bytes_per_msg: usize,
+}
+
+impl SidecarConfig {
+    /// Defaults for node `id`.
+    pub fn new(id: NodeId) -> Self {
+        SidecarConfig {
+            id,
+            tick: Duration::from_millis(10),
+            heartbeat_ticks: 5,
+            election_ticks: 30,
+            pre_vote: true,
+            check_quorum: true,
+            propose_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(5),
+            queue_capacity: 65_536,
+            max_batch: 4096,
+            bootstrap: None,
+            max_inflight_msgs: 256,
+            max_entries_per_msg: 4096,
+            max_bytes_per_msg: 1 << 20,
+        }
+    }
+
+    fn core_config(&self) -> crate::core::Config {
+        let mut c = crate::core::Config::new(self.id);
+        c.heartbeat_ticks = self.heartbeat_ticks;
+        c.election_ticks = self.election_ticks;
+        c.pre_vote = self.pre_vote;
+        c.check_quorum = self.check_quorum;
+        c.max_inflight_msgs = self.max_inflight_msgs;
+        c.max_entries_per_msg = self.max_entries_per_msg;
+        c.max_bytes_per_msg = self.max_bytes_per_msg;
+        // Different on every start, so two restarts do not replay the same timeouts.
+        c.seed = self.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        c
+    }
+}
+
+/// Errors from the sidecar handle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SidecarError {
+    /// This node is not the leader; nothing was proposed. Redirect to the hint.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+        /// Where that leader can be reached, from the cluster membership.
+        addr: Option<NodeAddr>,
+    },
+    /// Leadership was lost after the command was appended: it may or may not commit.
+    /// Retrying is safe only for idempotent or session-deduplicated commands.
+    #[error("leadership lost before the command was applied: outcome unknown")]
+    LeadershipLost,
+    /// The command's log slot was taken by another leader's entry: it was not, and
+    /// will never be, applied.
+    #[error("the command was overwritten by a new leader and not applied")]
+    NotCommitted,
+    /// The wait timed out: outcome unknown.
+    #[error("timed out waiting for the command to be applied: outcome unknown")]
+    Timeout,
+    /// A linearizable read could not be confirmed (no leader, or leadership changed).
+    #[error("read not confirmed: {0}")]
+    ReadFailed(&'static str),
+    /// A leadership transfer is in progress or the target is invalid.
+    #[error("leadership transfer refused: {0}")]
+    Transfer(String),
+    /// A membership change was refused.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// The sidecar has stopped (shut down, or a fatal storage error).
+    #[error("the raft sidecar has stopped: {0}")]
+    Stopped(String),
+}
+
+/// Errors starting a sidecar.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::core::ConfigError),
+    /// The node has no state on disk and no bootstrap membership was given.
+    #[error("node {0} has no state on disk and no bootstrap membership was configured")]
+    NoMembership(NodeId),
+}

@@ -1,0 +1,148 @@
+//! An in-memory transport for tests: a [`MemNetwork`] hub connects per-node
+//! [`MemTransport`] handles, each delivering straight into the recipient's inbound
+//! channel.
+//!
+//! Semantics match the QUIC transport where it matters: `send` never blocks, messages
+//! from one sender to one recipient arrive in order, and when the recipient's inbound
+//! channel (bounded, chosen by the recipient) is full the messages are dropped and
+//! counted. The hub carries a [`Faults`] controller to cut and heal links.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::mpsc;
+
+use super::fault::Faults;
+use super::Transport;
+use crate::core::{Message, NodeId};
+
+/// Per-destination counters of a [`MemTransport`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Messages handed to the recipient's inbound channel.
+    pub sent: u64,
+    /// Messages dropped: recipient unknown, its channel full or closed, or a fault.
+    pub dropped: u64,
+}
+
+#[derive(Debug)]
+struct Hub {
+    nodes: RwLock<HashMap<NodeId, mpsc::Sender<Message>>>,
+    faults: Arc<Faults>,
+}
+
+/// The in-memory network connecting [`MemTransport`]s. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct MemNetwork {
+    hub: Arc<Hub>,
+}
+
+impl Default for MemNetwork {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemNetwork {
+    /// A network without faults.
+    pub fn new() -> Self {
+        Self::with_faults(Faults::new())
+    }
+
+    /// A network whose links obey `faults` (which may be shared with other wrappers).
+    pub fn with_faults(faults: Arc<Faults>) -> Self {
+        MemNetwork {
+            hub: Arc::new(Hub {
+                nodes: RwLock::new(HashMap::new()),
+                faults,
+            }),
+        }
+    }
+
+    /// The fault controller: cut a node's sending or receiving, a link or one
+    /// direction, and heal.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.hub.faults
+    }
+
+    /// Attaches node `id`, whose incoming messages go to `inbound`, and returns its
+    /// transport. Attaching an id again replaces its inbound channel (a restart).
+    pub fn join(&self, id: NodeId, inbound: mpsc::Sender<Message>) -> MemTransport {
+        self.hub
+            .nodes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, inbound);
+        MemTransport {
+            id,
+            hub: self.hub.clone(),
+            stats: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Detaches node `id`: messages to it are dropped until it joins again.
+    pub fn leave(&self, id: NodeId) {
+        self.hub
+            .nodes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+}
+
+/// One node's handle on a [`MemNetwork`].
+#[derive(Debug)]
+pub struct MemTransport {
+    id: NodeId,
+    hub: Arc<Hub>,
+    stats: Mutex<BTreeMap<NodeId, LinkStats>>,
+}
+
+impl MemTransport {
+    /// The node this handle sends as.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Counters of messages sent to `to`.
+    pub fn link_stats(&self, to: NodeId) -> LinkStats {
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Counters for every destination this node has sent to.
+    pub fn stats(&self) -> BTreeMap<NodeId, LinkStats> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Transport for MemTransport {
+    fn send(&self, to: NodeId, msgs: Vec<Message>) {
+        let total = msgs.len() as u64;
+        let mut sent = 0u64;
+        if self.hub.faults.allows(self.id, to) {
+            let inbound = self
+                .hub
+                .nodes
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&to)
+                .cloned();
+            if let Some(inbound) = inbound {
+                for msg in msgs {
+                    if inbound.try_send(msg).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+        }
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let link = stats.entry(to).or_default();
+        link.sent += sent;
+        link.dropped += total - sent;
+    }
+}

@@ -1,0 +1,914 @@
+//! The QUIC peer transport, authenticated with mutual TLS.
+//!
+//! One [`QuicTransport`] per node binds one UDP endpoint that both accepts peers'
+//! connections and dials peers.
+//!
+//! **Outbound.** Each peer has a bounded queue ([`QuicConfig::queue_capacity`]) and a
+//! task. [`Transport::send`] only pushes to the queue, dropping (and counting) what
+//! does not fit. The task dials lazily, when there is something to send, verifying
+//! that the server's certificate names the intended node, then opens one long-lived
+//! unidirectional stream of kind [`StreamKind::Messages`] and writes every queued
+//! message to it in order, in batches (drain the queue, write the frames, flush). When
+//! the connection breaks or cannot be made, the task drops what it holds and dials
+//! again when new messages arrive, backing off exponentially between failed attempts
+//! ([`QuicConfig::backoff_initial`] to [`QuicConfig::backoff_max`]). Raft retransmits,
+//! so dropped messages are harmless.
+//!
+//! **Inbound.** Each accepted connection is authenticated before any stream is
+//! read: the peer's certificate (already chained to the cluster CA by rustls) must
+//! name a node of the current peer set. Every frame's `Message::from` must be that
+//! node and `Message::to` must be us. Any violation, or undecodable, oversized or
+//! unknown-version frames, closes that connection (with a `tracing::warn!` line);
+//! the endpoint keeps serving everyone else. Accepted messages go to the `inbound`
+//! channel given to [`QuicTransport::bind`]; a full channel back-pressures the
+//! stream (and so, through QUIC flow control, that sender only).
+//!
+//! Each stream starts with a kind byte, so that a snapshot stream kind can be added
+//! next to [`StreamKind::Messages`] without changing the framing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::frame::{Frame, FrameCodec, FrameError, FrameRef, Hello, StreamKind, DEFAULT_MAX_FRAME_LEN};
+use super::tls::{build_tls_configs, node_id_from_cert, node_server_name, TlsError, TlsMaterial};
+use super::Transport;
+use crate::core::{Message, NodeId};
+
+/// Application close code: the node is shutting down or the peer was removed.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// Application close code: the peer's certificate names no node of the peer set.
+pub const CLOSE_UNAUTHORIZED: u32 = 1;
+/// Application close code: undecodable, oversized or unknown-version data.
+pub const CLOSE_PROTOCOL: u32 = 2;
+/// Application close code: a message claimed a sender or recipient other than the
+/// authenticated peer and us.
+pub const CLOSE_BAD_ADDRESS: u32 = 3;
+
+/// How long a connection must have lived for the reconnect backoff to start over.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+/// At most this many streams may be open from one peer at once.
+const MAX_INBOUND_STREAMS: u32 = 8;
+
+/// Configuration of a [`QuicTransport`].
+#[derive(Clone, Debug)]
+pub struct QuicConfig {
+    /// This node's id; its certificate must name it.
+    pub node_id: NodeId,
+    /// The UDP address to bind (port 0 picks a free port; see
+    /// [`QuicTransport::local_addr`]).
+    pub listen: SocketAddr,
+    /// The peers: who may connect to us, and where to dial them.
+    pub peers: HashMap<NodeId, SocketAddr>,
+    /// Cluster CA, node certificate chain and key, PEM.
+    pub tls: TlsMaterial,
+    /// Sent in the hello; a peer whose hello names another cluster is rejected.
+    pub cluster_id: Option<String>,
+    /// The largest frame accepted or sent (default 16 MiB).
+    pub max_frame_len: usize,
+    /// Messages queued per peer before `send` starts dropping (default 4096).
+    pub queue_capacity: usize,
+    /// Messages taken from the queue per write batch (default 256).
+    pub max_batch: usize,
+    /// How long a dial may take, handshake included (default 3 s).
+    pub connect_timeout: Duration,
+    /// A connection without traffic for this long is considered dead (default 10 s).
+    pub idle_timeout: Duration,
+    /// Keep-alive interval on dialed connections (default 1 s).
+    pub keep_alive: Duration,
+    /// First reconnect delay after a failure (default 50 ms).
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay (default 2 s).
+    pub backoff_max: Duration,
+}
+
+impl QuicConfig {
+    /// A configuration with default limits and no peers.
+    pub fn new(node_id: NodeId, listen: SocketAddr, tls: TlsMaterial) -> Self {
+        QuicConfig {
+            node_id,
+            listen,
+            peers: HashMap::new(),
+            tls,
+            cluster_id: None,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            queue_capacity: 4096,
+            max_batch: 256,
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+
+    /// Adds (or replaces) a peer.
+    pub fn with_peer(mut self, id: NodeId, addr: SocketAddr) -> Self {
+        self.peers.insert(id, addr);
+        self
+    }
+}
+
+/// Errors of the QUIC transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The TLS material is unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    /// rustls' configuration is not usable for QUIC.
+    #[error("quic crypto: {0}")]
+    QuicCrypto(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// Binding the endpoint failed, or no tokio runtime is running.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+    /// A dial could not be started.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// A connection failed or was closed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing to a stream failed.
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Framing failed.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The dialed peer presented the certificate of another node.
+    #[error("dialed node {expected} but its certificate names {found:?}")]
+    WrongPeer {
+        /// The node we meant to reach.
+        expected: NodeId,
+        /// The node its certificate names.
+        found: Option<NodeId>,
+    },
+    /// A dial took longer than the connect timeout.
+    #[error("timed out")]
+    Timeout,
+}
+
+/// The state of the outbound link to one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Where the peer is dialed.
+    pub addr: SocketAddr,
+    /// Whether a connection to the peer is currently established.
+    pub connected: bool,
+    /// Messages waiting in the queue (at most [`PeerStatus::capacity`]).
+    pub queued: usize,
+    /// The queue's capacity.
+    pub capacity: usize,
+    /// Messages written to the peer's stream.
+    pub sent: u64,
+    /// Messages dropped: queue full, connection failed, or unencodable.
+    pub dropped: u64,
+    /// Connections established so far.
+    pub connects: u64,
+}
+
+/// Counters of inbound traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboundStats {
+    /// Connections accepted (authenticated as a known peer).
+    pub accepted: u64,
+    /// Connections refused: failed handshake, or a certificate naming no known peer.
+    pub rejected: u64,
+    /// Connections closed for a protocol violation.
+    pub protocol_errors: u64,
+    /// Messages forwarded to the inbound channel.
+    pub received: u64,
+}
+
+#[derive(Default)]
+struct InboundCounters {
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    protocol_errors: AtomicU64,
+    received: AtomicU64,
+}
+
+struct Peer {
+    id: NodeId,
+    tx: mpsc::Sender<Message>,
+    addr: watch::Sender<SocketAddr>,
+    cancel: CancellationToken,
+    connected: AtomicBool,
+    sent: AtomicU64,
+    dropped: AtomicU64,
+    connects: AtomicU64,
+}
+
+impl Peer {
+    fn drop_n(&self, n: usize) {
+        if n > 0 {
+            self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn status(&self) -> PeerStatus {
+        PeerStatus {
+            addr: *self.addr.borrow(),
+            connected: self.connected.load(Ordering::Relaxed),
+            queued: self.tx.max_capacity() - self.tx.capacity(),
+            capacity: self.tx.max_capacity(),
+            sent: self.sent.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Shared {
+    node_id: NodeId,
+    cluster_id: Option<String>,
+    endpoint: Endpoint,
+    local_addr: SocketAddr,
+    max_frame_len: usize,
+    queue_capacity: usize,
+    max_batch: usize,
+    connect_timeout: Duration,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
+    inbound_conns: Mutex<HashMap<usize, (NodeId, Connection)>>,
+    inbound: mpsc::Sender<Message>,
+    counters: InboundCounters,
+    unknown_dropped: AtomicU64,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The QUIC peer transport of one node. See the [module documentation](self).
+///
+/// Dropping it stops its tasks and closes the endpoint; [`QuicTransport::shutdown`]
+/// does the same and waits until everything has stopped.
+pub struct QuicTransport {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("node_id", &self.shared.node_id)
+            .field("local_addr", &self.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn transport_config(
+    idle: Duration,
+    keep_alive: Option<Duration>,
+    uni_streams: u32,
+) -> Result<quinn::TransportConfig, TransportError> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        idle.try_into()
+            .map_err(|_| TransportError::Config("idle_timeout out of range"))?,
+    ))
+    .keep_alive_interval(keep_alive)
+    .max_concurrent_bidi_streams(VarInt::from_u32(0))
+    .max_concurrent_uni_streams(VarInt::from_u32(uni_streams))
+    .datagram_receive_buffer_size(None);
+    Ok(t)
+}
+
+/// Keys of the endpoint's stateless reset tokens and connection id generator, derived
+/// from the node's private key so that they survive restarts. When a node crashes and
+/// comes back on the same address, its peers' packets on the old connections carry
+/// connection ids it recognises as its own and are answered with stateless resets the
+/// peers accept, so they reconnect at once instead of waiting out the idle timeout.
+fn restart_stable_keys(node_id: NodeId, tls: &TlsMaterial) -> (Arc<dyn quinn::crypto::HmacKey>, u64) {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"raft/1 quic endpoint keys\0");
+    ctx.update(&node_id.to_be_bytes());
+    ctx.update(tls.key_pem.as_bytes());
+    let secret = ctx.finish();
+    let (reset, cid) = secret.as_ref().split_at(24);
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(cid);
+    (
+        Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset)),
+        u64::from_le_bytes(cid_key),
+    )
+}
+
+/// The node id named by a connection's peer certificate.
+fn peer_node_id(conn: &Connection) -> Option<NodeId> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    node_id_from_cert(certs.first()?)
+}
+
+impl QuicTransport {
+    /// Binds the endpoint and starts accepting peers. Must be called inside a tokio
+    /// runtime, whose handle the transport's tasks then run on.
+    ///
+    /// Messages from authenticated peers are delivered to `inbound`, in order per
+    /// sending peer. Peers in `config.peers` are dialed lazily, on the first message
+    /// sent to them.
+    pub fn bind(config: QuicConfig, inbound: mpsc::Sender<Message>) -> Result<Self, TransportError> {
+        if config.node_id == 0 {
+            return Err(TransportError::Config("node id 0 is reserved"));
+        }
+        if config.queue_capacity == 0 || config.max_batch == 0 {
+            return Err(TransportError::Config(
+                "queue_capacity and max_batch must be positive",
+            ));
+        }
+        if config.max_frame_len < 64 {
+            return Err(TransportError::Config("max_frame_len below 64 bytes"));
+        }
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| {
+            TransportError::Io(std::io::Error::other(format!(
+                "QuicTransport::bind needs a tokio runtime: {e}"
+            )))
+        })?;
+        let tls = build_tls_configs(config.node_id, &config.tls)?;
+
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls.server)?));
+        server.transport_config(Arc::new(transport_config(
+            config.idle_timeout,
+            None,
+            MAX_INBOUND_STREAMS,
+        )?));
+        let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls.client)?));
+        client.transport_config(Arc::new(transport_config(
+            config.idle_timeout,
+            Some(config.keep_alive),
+            0,
+        )?));
+
+        let socket = std::net::UdpSocket::bind(config.listen)?;
+        let (reset_key, cid_key) = restart_stable_keys(config.node_id, &config.tls);
+        let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
+        endpoint_config
+            .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+        let mut endpoint = {
+            let _guard = handle.enter();
+            Endpoint::new(
+                endpoint_config,
+                Some(server),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?
+        };
+        endpoint.set_default_client_config(client);
+        let local_addr = endpoint.local_addr()?;
+
+        let shared = Arc::new(Shared {
+            node_id: config.node_id,
+            cluster_id: config.cluster_id,
+            endpoint,
+            local_addr,
+            max_frame_len: config.max_frame_len,
+            queue_capacity: config.queue_capacity,
+            max_batch: config.max_batch,
+            connect_timeout: config.connect_timeout,
+            backoff_initial: config.backoff_initial,
+            backoff_max: config.backoff_max.max(config.backoff_initial),
+            peers: RwLock::new(HashMap::new()),
+            inbound_conns: Mutex::new(HashMap::new()),
+            inbound,
+            counters: InboundCounters::default(),
+            unknown_dropped: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let transport = QuicTransport { shared };
+        for (id, addr) in config.peers {
+            transport.set_peer(id, addr);
+        }
+        let shared = transport.shared.clone();
+        transport.shared.tasks.spawn_on(shared.accept_loop(), &handle);
+        Ok(transport)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.node_id
+    }
+
+    /// The address the endpoint is bound to (with the real port if 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Adds a peer, or changes its address. A changed address takes effect at once:
+    /// the current connection, if any, is dropped and the new address is dialed.
+    /// Ignored for this node's own id.
+    pub fn set_peer(&self, id: NodeId, addr: SocketAddr) {
+        if id == self.shared.node_id || id == 0 {
+            return;
+        }
+        let mut peers = self.shared.peers.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(peer) = peers.get(&id) {
+            peer.addr.send_if_modified(|current| {
+                let changed = *current != addr;
+                *current = addr;
+                changed
+            });
+            return;
+        }
+        let (tx, rx) = mpsc::channel(self.shared.queue_capacity);
+        let (addr_tx, addr_rx) = watch::channel(addr);
+        let peer = Arc::new(Peer {
+            id,
+            tx,
+            addr: addr_tx,
+            cancel: self.shared.cancel.child_token(),
+            connected: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+        });
+        peers.insert(id, peer.clone());
+        drop(peers);
+        let shared = self.shared.clone();
+        self.shared.tasks.spawn(shared.run_peer(peer, rx, addr_rx));
+    }
+
+    /// Removes a peer: its queue is discarded, its outbound connection closed, its
+    /// inbound connections closed, and it may no longer connect.
+    pub fn remove_peer(&self, id: NodeId) {
+        let removed = self
+            .shared
+            .peers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Some(peer) = removed {
+            peer.cancel.cancel();
+        }
+        let conns = self
+            .shared
+            .inbound_conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (peer, conn) in conns.values() {
+            if *peer == id {
+                conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"peer removed");
+            }
+        }
+    }
+
+    /// The outbound state of peer `id`, if it is a peer.
+    pub fn peer_status(&self, id: NodeId) -> Option<PeerStatus> {
+        self.shared
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map(|p| p.status())
+    }
+
+    /// The outbound state of every peer.
+    pub fn peer_statuses(&self) -> BTreeMap<NodeId, PeerStatus> {
+        self.shared
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(&id, p)| (id, p.status()))
+            .collect()
+    }
+
+    /// Inbound counters.
+    pub fn inbound_stats(&self) -> InboundStats {
+        let c = &self.shared.counters;
+        InboundStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Messages dropped because they were addressed to a node that is not a peer.
+    pub fn unknown_peer_dropped(&self) -> u64 {
+        self.shared.unknown_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Stops every task, closes all connections and the endpoint, and waits until
+    /// the peers have been told (or a short grace period passed). The UDP port is
+    /// released once the transport is dropped.
+    pub async fn shutdown(&self) {
+        self.shared.cancel.cancel();
+        self.shared
+            .endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for QuicTransport {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+        self.shared
+            .endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+    }
+}
+
+impl Transport for QuicTransport {
+    fn send(&self, to: NodeId, msgs: Vec<Message>) {
+        let peer = self
+            .shared
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to)
+            .cloned();
+        let Some(peer) = peer else {
+            self.shared
+                .unknown_dropped
+                .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+            tracing::debug!(to, n = msgs.len(), "dropping messages to an unknown peer");
+            return;
+        };
+        let mut dropped = 0;
+        for msg in msgs {
+            if peer.tx.try_send(msg).is_err() {
+                dropped += 1;
+            }
+        }
+        peer.drop_n(dropped);
+    }
+}
+
+/// Why an outbound connection stopped.
+enum PumpEnd {
+    /// The transport or the peer is going away.
+    Cancelled,
+    /// The peer's address changed.
+    Moved,
+    /// The connection failed.
+    Failed(TransportError),
+}
+
+/// Why an inbound stream stopped.
+enum ReadEnd {
+    /// The stream ended cleanly, the connection went away, or we are shutting down.
+    Done,
+    /// The peer broke the protocol: close its connection.
+    Violation(u32, String),
+}
+
+impl From<FrameError> for ReadEnd {
+    fn from(e: FrameError) -> Self {
+        if e.is_io() {
+            ReadEnd::Done
+        } else {
+            ReadEnd::Violation(CLOSE_PROTOCOL, e.to_string())
+        }
+    }
+}
+
+/// Takes everything queued right now, returning how many messages were discarded.
+fn drain(rx: &mut mpsc::Receiver<Message>) -> usize {
+    let mut n = 0;
+    while rx.try_recv().is_ok() {
+        n += 1;
+    }
+    n
+}
+
+impl Shared {
+    // ----- outbound -----
+
+    async fn run_peer(
+        self: Arc<Self>,
+        peer: Arc<Peer>,
+        mut rx: mpsc::Receiver<Message>,
+        mut addr_rx: watch::Receiver<SocketAddr>,
+    ) {
+        let cancel = peer.cancel.clone();
+        let mut backoff = self.backoff_initial;
+        let mut batch: Vec<Message> = Vec::with_capacity(self.max_batch);
+        loop {
+            // Dial lazily: only once there is something to send.
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    n = rx.recv_many(&mut batch, self.max_batch) => if n == 0 { return },
+                }
+            }
+            let addr = *addr_rx.borrow_and_update();
+            let dialed = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = tokio::time::timeout(self.connect_timeout, self.dial(peer.id, addr)) => {
+                    r.unwrap_or(Err(TransportError::Timeout))
+                }
+            };
+            let retry = match dialed {
+                Err(error) => {
+                    tracing::debug!(peer = peer.id, %addr, %error, "dial failed");
+                    true
+                }
+                Ok((conn, writer)) => {
+                    peer.connected.store(true, Ordering::Relaxed);
+                    peer.connects.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = peer.id, %addr, "connected");
+                    let since = Instant::now();
+                    let end = self
+                        .pump(&peer, &conn, writer, &mut rx, &mut batch, &mut addr_rx)
+                        .await;
+                    peer.connected.store(false, Ordering::Relaxed);
+                    match end {
+                        PumpEnd::Cancelled => {
+                            conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+                            return;
+                        }
+                        PumpEnd::Moved => {
+                            conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"peer moved");
+                            backoff = self.backoff_initial;
+                            false
+                        }
+                        PumpEnd::Failed(error) => {
+                            tracing::debug!(peer = peer.id, %addr, %error, "connection lost");
+                            if since.elapsed() >= STABLE_CONNECTION {
+                                backoff = self.backoff_initial;
+                                false
+                            } else {
+                                true
+                            }
+                        }
+                    }
+                }
+            };
+            // Whatever was taken or queued before the failure is stale: drop it and
+            // carry on with newer messages.
+            peer.drop_n(batch.len() + drain(&mut rx));
+            batch.clear();
+            if retry {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = addr_rx.changed() => {}
+                }
+                backoff = (backoff * 2).min(self.backoff_max);
+            }
+        }
+    }
+
+    async fn dial(
+        &self,
+        id: NodeId,
+        addr: SocketAddr,
+    ) -> Result<(Connection, FramedWrite<SendStream, FrameCodec>), TransportError> {
+        let conn = self.endpoint.connect(addr, &node_server_name(id))?.await?;
+        // rustls already checked the name; make the identity check explicit anyway.
+        let found = peer_node_id(&conn);
+        if found != Some(id) {
+            conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED), b"unexpected identity");
+            return Err(TransportError::WrongPeer { expected: id, found });
+        }
+        let mut send = conn.open_uni().await?;
+        send.write_all(&[StreamKind::Messages.as_byte()]).await?;
+        let mut writer = FramedWrite::new(send, FrameCodec::new(self.max_frame_len));
+        writer.set_backpressure_boundary(64 * 1024);
+        let hello = Hello {
+            node_id: self.node_id,
+            cluster_id: self.cluster_id.clone(),
+        };
+        writer.feed(FrameRef::Hello(&hello)).await?;
+        Ok((conn, writer))
+    }
+
+    /// Writes queued messages to the stream until the connection ends.
+    async fn pump(
+        &self,
+        peer: &Peer,
+        conn: &Connection,
+        mut writer: FramedWrite<SendStream, FrameCodec>,
+        rx: &mut mpsc::Receiver<Message>,
+        batch: &mut Vec<Message>,
+        addr_rx: &mut watch::Receiver<SocketAddr>,
+    ) -> PumpEnd {
+        let cancel = &peer.cancel;
+        loop {
+            if batch.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return PumpEnd::Cancelled,
+                    Ok(()) = addr_rx.changed() => return PumpEnd::Moved,
+                    e = conn.closed() => return PumpEnd::Failed(e.into()),
+                    n = rx.recv_many(batch, self.max_batch) => {
+                        if n == 0 {
+                            return PumpEnd::Cancelled;
+                        }
+                    }
+                }
+            }
+            let n = batch.len();
+            let write = async {
+                let mut unencodable = 0usize;
+                for msg in batch.iter() {
+                    match writer.feed(FrameRef::Message(msg)).await {
+                        Ok(()) => {}
+                        Err(e @ (FrameError::TooLarge { .. } | FrameError::Encode(_))) => {
+                            tracing::warn!(peer = peer.id, kind = msg.kind(), error = %e,
+                                "dropping a message that cannot be framed");
+                            unencodable += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                writer.flush().await.map(|()| unencodable)
+            };
+            let written = tokio::select! {
+                _ = cancel.cancelled() => return PumpEnd::Cancelled,
+                r = write => r,
+            };
+            match written {
+                Ok(unencodable) => {
+                    peer.drop_n(unencodable);
+                    peer.sent.fetch_add((n - unencodable) as u64, Ordering::Relaxed);
+                    batch.clear();
+                }
+                Err(e) => return PumpEnd::Failed(e.into()),
+            }
+        }
+    }
+
+    // ----- inbound -----
+
+    async fn accept_loop(self: Arc<Self>) {
+        loop {
+            let incoming = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => return,
+                },
+            };
+            let shared = self.clone();
+            self.tasks.spawn(shared.serve_connection(incoming));
+        }
+    }
+
+    fn reject(&self, conn: &Connection, code: u32, reason: &'static str) {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        conn.close(VarInt::from_u32(code), reason.as_bytes());
+    }
+
+    async fn serve_connection(self: Arc<Self>, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let conn = tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            c = incoming => c,
+        };
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(error) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%remote, %error, "inbound handshake failed");
+                return;
+            }
+        };
+        // Authenticate before reading anything.
+        let Some(peer) = peer_node_id(&conn) else {
+            tracing::warn!(%remote, "rejecting a connection whose certificate names no node");
+            self.reject(&conn, CLOSE_UNAUTHORIZED, "no node identity");
+            return;
+        };
+        let known = |s: &Self| {
+            peer != s.node_id
+                && s.peers
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&peer)
+        };
+        if !known(&self) {
+            tracing::warn!(%remote, peer, "rejecting a connection from a node outside the peer set");
+            self.reject(&conn, CLOSE_UNAUTHORIZED, "not a peer");
+            return;
+        }
+        let key = conn.stable_id();
+        self.inbound_conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (peer, conn.clone()));
+        // The peer may have been removed between the check and the registration.
+        if known(&self) {
+            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, peer, "accepted peer connection");
+            loop {
+                let recv = tokio::select! {
+                    _ = self.cancel.cancelled() => break,
+                    r = conn.accept_uni() => match r {
+                        Ok(recv) => recv,
+                        Err(error) => {
+                            tracing::debug!(%remote, peer, %error, "inbound connection ended");
+                            break;
+                        }
+                    },
+                };
+                let shared = self.clone();
+                let conn = conn.clone();
+                self.tasks.spawn(async move {
+                    if let ReadEnd::Violation(code, reason) = shared.read_stream(peer, recv).await {
+                        shared.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(remote = %conn.remote_address(), peer, %reason,
+                            "closing peer connection: protocol violation");
+                        conn.close(VarInt::from_u32(code), reason.as_bytes());
+                    }
+                });
+            }
+        } else {
+            self.reject(&conn, CLOSE_UNAUTHORIZED, "not a peer");
+        }
+        self.inbound_conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+
+    async fn read_stream(&self, peer: NodeId, mut recv: RecvStream) -> ReadEnd {
+        let mut kind = [0u8; 1];
+        let read = tokio::select! {
+            _ = self.cancel.cancelled() => return ReadEnd::Done,
+            r = recv.read_exact(&mut kind) => r,
+        };
+        match read {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(_)) => {
+                return ReadEnd::Violation(CLOSE_PROTOCOL, "empty stream".into())
+            }
+            Err(quinn::ReadExactError::ReadError(_)) => return ReadEnd::Done,
+        }
+        match StreamKind::from_byte(kind[0]) {
+            Ok(StreamKind::Messages) => self.read_messages(peer, recv).await,
+            Err(e) => e.into(),
+        }
+    }
+
+    async fn read_messages(&self, peer: NodeId, recv: RecvStream) -> ReadEnd {
+        let mut frames = FramedRead::new(recv, FrameCodec::new(self.max_frame_len));
+        let mut first = true;
+        loop {
+            let frame = tokio::select! {
+                _ = self.cancel.cancelled() => return ReadEnd::Done,
+                f = frames.next() => f,
+            };
+            let frame = match frame {
+                None => return ReadEnd::Done,
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return e.into(),
+            };
+            match frame {
+                Frame::Hello(hello) => {
+                    if !first {
+                        return ReadEnd::Violation(CLOSE_PROTOCOL, "hello after messages".into());
+                    }
+                    if hello.node_id != peer {
+                        return ReadEnd::Violation(
+                            CLOSE_BAD_ADDRESS,
+                            format!("hello claims node {}", hello.node_id),
+                        );
+                    }
+                    if let (Some(theirs), Some(ours)) = (&hello.cluster_id, &self.cluster_id) {
+                        if theirs != ours {
+                            return ReadEnd::Violation(
+                                CLOSE_UNAUTHORIZED,
+                                format!("peer belongs to cluster {theirs:?}"),
+                            );
+                        }
+                    }
+                }
+                Frame::Message(msg) => {
+                    if msg.from != peer || msg.to != self.node_id {
+                        return ReadEnd::Violation(
+                            CLOSE_BAD_ADDRESS,
+                            format!("message from {} to {}", msg.from, msg.to),
+                        );
+                    }
+                    let sent = tokio::select! {
+                        _ = self.cancel.cancelled() => return ReadEnd::Done,
+                        r = self.inbound.send(msg) => r,
+                    };
+                    if sent.is_err() {
+                        // Nobody listens any more.
+                        return ReadEnd::Done;
+                    }
+                    self.counters.received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            first = false;
+        }
+    }
+}
