@@ -134,10 +134,15 @@ impl RaftLog {
     }
 
     /// Append entries received from a leader after the consistency check passed (the
-    /// caller has checked that they are contiguous and follow a matching entry). Entries already present with the same term are kept; the
-    /// first conflicting one and everything after it are replaced. Returns the index of
-    /// the first entry that was truncated, if any.
-    pub fn append_from_leader(&mut self, entries: &[Entry]) -> Result<Option<Index>, CommittedConflict> {
+    /// caller has checked that they are contiguous and follow a matching entry). Entries
+    /// already present with the same term are kept; the first conflicting one and
+    /// everything after it are replaced. Returns the index of the first entry that was
+    /// truncated, if any. Takes the entries by value so that they move into the log
+    /// instead of being cloned (one payload refcount round trip per entry saved).
+    pub fn append_from_leader(
+        &mut self,
+        mut entries: Vec<Entry>,
+    ) -> Result<Option<Index>, CommittedConflict> {
         let mut skip = 0usize;
         for (i, e) in entries.iter().enumerate() {
             if e.index <= self.snapshot_index {
@@ -149,8 +154,7 @@ impl RaftLog {
                 _ => break,
             }
         }
-        let new = &entries[skip..];
-        let Some(first) = new.first().map(|e| e.index) else {
+        let Some(first) = entries.get(skip).map(|e| e.index) else {
             return Ok(None);
         };
         if first <= self.committed {
@@ -162,7 +166,10 @@ impl RaftLog {
         } else {
             None
         };
-        self.entries.extend_from_slice(new);
+        if skip > 0 {
+            entries.drain(..skip);
+        }
+        self.entries.append(&mut entries);
         Ok(truncated)
     }
 
@@ -318,7 +325,7 @@ mod tests {
     fn conflicting_suffix_is_replaced_and_cursors_follow() {
         let mut log = log_of(&[1, 1, 2, 2]);
         let truncated = log
-            .append_from_leader(&[ent(3, 3), ent(4, 3), ent(5, 3)])
+            .append_from_leader(vec![ent(3, 3), ent(4, 3), ent(5, 3)])
             .unwrap();
         assert_eq!(truncated, Some(3));
         assert_eq!(log.last_index(), 5);
@@ -330,7 +337,7 @@ mod tests {
     #[test]
     fn duplicate_append_changes_nothing() {
         let mut log = log_of(&[1, 1, 2]);
-        assert_eq!(log.append_from_leader(&[ent(1, 1), ent(2, 1)]), Ok(None));
+        assert_eq!(log.append_from_leader(vec![ent(1, 1), ent(2, 1)]), Ok(None));
         assert_eq!(log.last_index(), 3);
         assert!(!log.has_unstable());
     }

@@ -1004,14 +1004,13 @@ impl RaftNode {
         if self.log.matches(ae.prev_index, ae.prev_term) {
             let last_new = ae.prev_index + ae.entries.len() as Index;
             let first_new = ae.prev_index + 1;
-            match self.log.append_from_leader(&ae.entries) {
+            let has_config = ae
+                .entries
+                .iter()
+                .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+            match self.log.append_from_leader(ae.entries) {
                 Ok(truncated) => {
-                    if truncated.is_some()
-                        || ae
-                            .entries
-                            .iter()
-                            .any(|e| matches!(e.payload, EntryPayload::Membership(_)))
-                    {
+                    if truncated.is_some() || has_config {
                         self.rollback_configs(truncated.unwrap_or(first_new));
                         self.scan_configs(truncated.unwrap_or(first_new));
                     }
