@@ -366,8 +366,8 @@ fn print_header(title: &str) {
     println!();
     println!("{title}");
     println!(
-        "{:>6} {:>12} {:>10} {:>10} {:>10} {:>11} {:>10} {:>12} {:>6}",
-        "N", "props/s", "p50", "p99", "p999", "total", "appends", "ent/append", "cpu"
+        "{:>6} {:>12} {:>10} {:>10} {:>10} {:>11} {:>10} {:>12} {:>6} {:>12}",
+        "N", "props/s", "p50", "p99", "p999", "total", "appends", "ent/append", "cpu", "props/cpu-s"
     );
 }
 
@@ -381,8 +381,12 @@ fn print_row(r: &Row) {
     let cpu = r
         .cpu
         .map_or_else(|| "-".to_string(), |c| format!("{:.2}", c.as_secs_f64() / secs));
+    let per_cpu = r
+        .cpu
+        .filter(|c| !c.is_zero())
+        .map_or_else(|| "-".to_string(), |c| format!("{:.0}", r.count as f64 / c.as_secs_f64()));
     println!(
-        "{:>6} {:>12.0} {:>10} {:>10} {:>10} {:>11} {:>10} {:>12.1} {:>6}",
+        "{:>6} {:>12.0} {:>10} {:>10} {:>10} {:>11} {:>10} {:>12.1} {:>6} {:>12}",
         r.clients,
         r.count as f64 / secs,
         fmt_ns(r.hist.value_at_quantile(0.50)),
@@ -392,6 +396,7 @@ fn print_row(r: &Row) {
         r.stats.appends,
         ent_per,
         cpu,
+        per_cpu,
     );
 }
 
