@@ -44,7 +44,7 @@
 //! second.
 //!
 //! Run: `cargo bench -p raft --features sim --bench core_bench -- [--mode=closed-loop,tokio,tokio-split]
-//! [--clients=1,64,256,1024] [--payload=100]`. Environment: `BENCH_SECS` (measured
+//! [--clients=1,64,256,1024] [--payload=100] [--repeat=1]`. Environment: `BENCH_SECS` (measured
 //! seconds per row, default 3), `BENCH_WARMUP_SECS` (default 1).
 
 use std::cell::RefCell;
@@ -90,6 +90,8 @@ struct Opts {
     modes: Vec<Mode>,
     clients: Vec<usize>,
     payload: usize,
+    /// Runs per row; the best (by proposals/s) is printed, with the spread.
+    repeat: usize,
     secs: f64,
     warmup: f64,
 }
@@ -106,6 +108,7 @@ impl Opts {
             modes: vec![Mode::ClosedLoop, Mode::Tokio, Mode::TokioSplit],
             clients: vec![1, 64, 256, 1024],
             payload: 100,
+            repeat: 1,
             secs: env_secs("BENCH_SECS", 3.0),
             warmup: env_secs("BENCH_WARMUP_SECS", 1.0),
         };
@@ -129,6 +132,8 @@ impl Opts {
                     .collect();
             } else if let Some(v) = arg.strip_prefix("--payload=") {
                 opts.payload = v.parse().expect("--payload takes a byte count");
+            } else if let Some(v) = arg.strip_prefix("--repeat=") {
+                opts.repeat = v.parse::<usize>().expect("--repeat takes a count").max(1);
             }
         }
         opts
@@ -762,8 +767,15 @@ fn main() {
     let opts = Opts::parse();
     println!(
         "core_bench: 3 nodes, in-memory log, function-call network, empty state machine; \
-         payload {} bytes; {} s measured after {} s warmup per row",
-        opts.payload, opts.secs, opts.warmup
+         payload {} bytes; {} s measured after {} s warmup per row{}",
+        opts.payload,
+        opts.secs,
+        opts.warmup,
+        if opts.repeat > 1 {
+            format!("; best of {} runs", opts.repeat)
+        } else {
+            String::new()
+        }
     );
     for &mode in &opts.modes {
         match mode {
@@ -778,12 +790,23 @@ fn main() {
             ),
         }
         for &n in &opts.clients {
-            let row = match mode {
-                Mode::ClosedLoop => run_closed_loop(n, &opts),
-                Mode::Tokio => run_tokio(n, &opts, false),
-                Mode::TokioSplit => run_tokio(n, &opts, true),
-            };
-            print_row(&row);
+            let rows: Vec<Row> = (0..opts.repeat)
+                .map(|_| match mode {
+                    Mode::ClosedLoop => run_closed_loop(n, &opts),
+                    Mode::Tokio => run_tokio(n, &opts, false),
+                    Mode::TokioSplit => run_tokio(n, &opts, true),
+                })
+                .collect();
+            let rate = |r: &Row| r.count as f64 / r.elapsed.as_secs_f64();
+            let best = rows
+                .iter()
+                .max_by(|a, b| rate(a).total_cmp(&rate(b)))
+                .expect("at least one run");
+            print_row(best);
+            if rows.len() > 1 {
+                let all: Vec<String> = rows.iter().map(|r| format!("{:.0}", rate(r))).collect();
+                println!("{:>6} (best of {}: {} props/s)", "", rows.len(), all.join(", "));
+            }
         }
     }
 }
