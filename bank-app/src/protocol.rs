@@ -64,8 +64,6 @@ pub mod codes {
     pub const PROTOCOL: u32 = 2;
     /// The node is shutting down.
     pub const SHUTDOWN: u32 = 3;
-    /// The node has too many connections.
-    pub const OVERLOADED: u32 = 4;
     /// The reply was dropped on purpose (fault injection, see
     /// [`ServerFaults`](crate::server::ServerFaults)).
     pub const DROPPED: u32 = 5;

@@ -12,7 +12,7 @@
 //!   another CA, or a CA-signed certificate that names no node, is not.
 //!
 //! Only TLS 1.3 is offered, with the ring provider chosen explicitly, and ALPN
-//! [`ALPN`](crate::protocol::ALPN).
+//! `bank/1`.
 
 use std::io::BufReader;
 use std::sync::Arc;
