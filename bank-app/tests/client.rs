@@ -8,7 +8,7 @@ use bank_app::client::{Client, ClientError};
 use bank_app::protocol::{
     encode_frame, ClientFrame, ClientRequest, Consistency, RequestKind, ServerFrame, ServerReply,
 };
-use bank_app::{Op, Rejection, Request, TxnKind};
+use bank_app::{BankConfig, Op, Rejection, Request, TxnKind};
 use common::{raw_connect, raw_exchange, wait_for, TestCluster, T};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,6 +257,8 @@ async fn writes_in_flight_when_the_leader_dies_are_applied_exactly_once() {
 
     let new_leader = cluster.wait_leader().await;
     assert_ne!(new_leader, leader);
+    // Retries reused their sequence numbers: one per write, none skipped.
+    assert_eq!(client.session().await.seq, 1 + 1 + N);
     assert_eq!(client.balance(1).await, Ok(1000 + N));
     let applied = cluster.node(new_leader).bank.read().applied_index();
     cluster.wait_applied(applied).await;
@@ -312,4 +314,37 @@ async fn clients_with_their_own_sessions_write_concurrently_and_money_is_conserv
         cluster.node(leader).bank.read().session_count() >= 5
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_session_is_renewed_and_the_write_applied_once() {
+    // Room for one session only: each client's writes evict the other's session.
+    let config = BankConfig {
+        max_sessions: 1,
+        ..BankConfig::default()
+    };
+    let cluster = TestCluster::start_with(3, None, config).await;
+    cluster.wait_leader().await;
+    let a = Client::connect(cluster.client_config(cluster.addrs()))
+        .await
+        .expect("a");
+    let b = Client::connect(cluster.client_config(cluster.addrs()))
+        .await
+        .expect("b");
+    a.open_account(1, 0).await.expect("open 1");
+    let first = a.session().await;
+    b.open_account(2, 0).await.expect("open 2: evicts a's session");
+
+    // a's next write (seq 2) finds no session: SessionExpired, not applied. The client
+    // starts a new session and sends it again, where it is applied once.
+    assert_eq!(a.deposit(1, 5).await, Ok(5));
+    let renewed = a.session().await;
+    assert_ne!(renewed.client_id, first.client_id, "a new session");
+    assert_eq!(renewed.seq, 2, "the deposit was seq 1 of the new session");
+    assert_eq!(a.balance(1).await, Ok(5));
+    assert_eq!(
+        b.deposit(2, 1).await,
+        Ok(1),
+        "b renews its own session just as well"
+    );
 }

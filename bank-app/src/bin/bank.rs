@@ -498,7 +498,7 @@ async fn command(
                 return Err(ClientError::Transport("no node answered".into()));
             }
         }
-        Command::Bench(_) => unreachable!("handled before connecting"),
+        Command::Bench(_) => return Err(ClientError::Config("bench runs on its own clients".into())),
     }
     Ok(())
 }

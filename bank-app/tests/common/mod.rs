@@ -14,7 +14,7 @@ use bank_app::protocol::{
     encode_frame, read_frame, ClientFrame, FrameError, Hello, ServerFrame, CLIENT_SERVER_NAME,
 };
 use bank_app::server::{BankServer, ServerConfig};
-use bank_app::{Bank, BankReplica};
+use bank_app::{Bank, BankConfig, BankReplica};
 use raft::core::{Membership, NodeAddr, NodeId};
 use raft::sidecar::{RaftHandle, Sidecar, SidecarConfig};
 use raft::storage::MemStore;
@@ -100,6 +100,11 @@ impl TestCluster {
 
     /// `n` nodes whose client channels require `token`.
     pub async fn start_with_token(n: u64, token: Option<&str>) -> TestCluster {
+        Self::start_with(n, token, BankConfig::default()).await
+    }
+
+    /// `n` nodes with a client token (or none) and banks configured with `bank_config`.
+    pub async fn start_with(n: u64, token: Option<&str>, bank_config: BankConfig) -> TestCluster {
         let ca = ClusterCa::generate().expect("ca");
         let faults = Faults::new();
         let net = MemNetwork::with_faults(faults.clone());
@@ -119,7 +124,7 @@ impl TestCluster {
             let rt = node_runtime(id);
             let (tx, rx) = mpsc::channel(4096);
             let transport = Arc::new(FaultyTransport::new(id, net.join(id, tx), faults.clone()));
-            let bank = BankReplica::new(Bank::new());
+            let bank = BankReplica::new(Bank::with_config(bank_config).expect("valid bank config"));
             let cert = ca.issue_node(id).expect("node cert");
             let mut cfg = ServerConfig::new(addr, cert.cert_pem, cert.key_pem, ca.cert_pem().to_string());
             cfg.token = token.map(str::to_string);
