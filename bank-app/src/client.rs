@@ -339,8 +339,12 @@ impl Client {
         };
         let endpoint =
             Endpoint::client(bind).map_err(|e| ClientError::Transport(format!("binding {bind}: {e}")))?;
-        let mut nodes = cfg.nodes.clone();
-        nodes.dedup();
+        let mut nodes: Vec<SocketAddr> = Vec::with_capacity(cfg.nodes.len());
+        for &n in &cfg.nodes {
+            if !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
         let client_id = random_u64();
         let client = Client {
             inner: Arc::new(Inner {
