@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node from a TOML config file, with flags overriding its values.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create a cluster CA, node certificates and node configs in a directory.
     InitCluster(InitArgs),
     /// Issue a new certificate and key for one node from an existing cluster CA
@@ -122,7 +122,7 @@ struct DemoArgs {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run(args) => cmd_run(args),
+        Cmd::Run(args) => cmd_run(*args),
         Cmd::InitCluster(args) => cmd_init(args),
         Cmd::IssueCert(args) => cmd_issue_cert(args),
         Cmd::Status(args) => cmd_status(args),
@@ -160,10 +160,12 @@ fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
         .thread_name("gateway")
         .build()
         .context("cannot start the tokio runtime")?;
+    let json = cfg.log_format == LogFormat::Json;
     let result = runtime.block_on(run_node(cfg));
     // Do not wait for stray blocking tasks (a wedged fsync) once the node is down.
     runtime.shutdown_timeout(Duration::from_secs(2));
-    if let Err(e) = &result {
+    if let (Err(e), true) = (&result, json) {
+        // Log shippers see the reason too; main() prints it on stderr either way.
         error!("{e:#}");
     }
     result

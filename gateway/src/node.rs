@@ -48,16 +48,12 @@ pub enum NodeError {
     },
     /// The certificates are unusable (bad PEM, key mismatch, or the node certificate
     /// names another node).
-    #[error("TLS material (ca {ca}, cert {cert}, key {key}): {source}")]
+    #[error("TLS material ({files}): {source}")]
     Tls {
-        /// CA file.
-        ca: PathBuf,
-        /// Certificate file.
-        cert: PathBuf,
-        /// Key file.
-        key: PathBuf,
+        /// The CA, certificate and key files.
+        files: String,
         /// The problem.
-        source: TlsError,
+        source: Box<TlsError>,
     },
     /// The data directory could not be created.
     #[error("cannot create the data directory {path}: {source}")]
@@ -118,10 +114,13 @@ pub fn load_tls_material(cfg: &NodeConfig) -> Result<TlsMaterial, NodeError> {
     };
     // Checked here as well as in the transport so that the error names the files.
     build_tls_configs(cfg.id, &material).map_err(|source| NodeError::Tls {
-        ca: cfg.tls.ca.clone(),
-        cert: cfg.tls.cert.clone(),
-        key: cfg.tls.key.clone(),
-        source,
+        files: format!(
+            "ca {}, cert {}, key {}",
+            cfg.tls.ca.display(),
+            cfg.tls.cert.display(),
+            cfg.tls.key.display()
+        ),
+        source: Box::new(source),
     })?;
     Ok(material)
 }

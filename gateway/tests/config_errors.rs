@@ -127,7 +127,9 @@ fn node_id_zero_is_refused() {
 
 #[test]
 fn timings_are_checked() {
-    let (_, err, msg) = load_err(&format!("{GOOD}\n[timings]\nheartbeat_ticks = 10\nelection_ticks = 10\n"));
+    let (_, err, msg) = load_err(&format!(
+        "{GOOD}\n[timings]\nheartbeat_ticks = 10\nelection_ticks = 10\n"
+    ));
     assert_eq!(err.field(), Some("timings.election_ticks"), "{msg}");
     let (_, err, msg) = load_err(&format!("{GOOD}\n[timings]\ntick_ms = 0\n"));
     assert_eq!(err.field(), Some("timings.tick_ms"), "{msg}");

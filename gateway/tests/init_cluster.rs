@@ -22,7 +22,10 @@ fn init_cluster_writes_configs_that_load_and_certificates_that_match_them() {
 
     let summary = ClusterSummary::load(dir.path()).unwrap();
     assert_eq!(summary.cluster_id.as_deref(), Some("test"));
-    assert_eq!(summary.nodes.iter().map(|n| n.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        summary.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     let mut ports = std::collections::BTreeSet::new();
     for n in &summary.nodes {
         for a in [n.raft_addr, n.client_addr, n.admin_addr] {
@@ -70,8 +73,15 @@ fn init_cluster_writes_configs_that_load_and_certificates_that_match_them() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(issue.status.success(), "{}", String::from_utf8_lossy(&issue.stderr));
-    assert_ne!(old, std::fs::read_to_string(dir.path().join("node-2/cert.pem")).unwrap());
+    assert!(
+        issue.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issue.stderr)
+    );
+    assert_ne!(
+        old,
+        std::fs::read_to_string(dir.path().join("node-2/cert.pem")).unwrap()
+    );
     load_tls_material(&config::load_file(&dir.path().join("node-2/node.toml")).unwrap()).unwrap();
 }
 

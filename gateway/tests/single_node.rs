@@ -39,7 +39,12 @@ fn a_single_node_serves_health_status_and_metrics_and_exits_zero_on_sigterm() {
     assert_eq!(status.addresses.admin, admin.to_string());
 
     let metrics = fetch_metrics(admin, Duration::from_secs(2)).unwrap();
-    for name in ["raft_term", "raft_is_leader 1", "raft_commit_index", "raft_applied_total"] {
+    for name in [
+        "raft_term",
+        "raft_is_leader 1",
+        "raft_commit_index",
+        "raft_applied_total",
+    ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
 
@@ -75,7 +80,12 @@ fn a_corrupt_raft_log_is_a_startup_error_naming_the_file() {
     let file = data.join("raft.redb");
     std::fs::write(&file, vec![0xA5u8; 8192]).unwrap();
 
-    let child = ChildGuard::spawn(Command::new(gateway_bin()).arg("run").arg("--config").arg(&config));
+    let child = ChildGuard::spawn(
+        Command::new(gateway_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config),
+    );
     let (status, _, stderr) = child.wait_with_deadline(Duration::from_secs(30));
     assert!(!status.success(), "a corrupt log must not start: {stderr}");
     assert!(stderr.contains(&file.display().to_string()), "{stderr}");

@@ -27,16 +27,24 @@ fn three_nodes_elect_a_leader_and_fail_over_when_it_is_killed() {
         assert_eq!(s.voters, vec![1, 2, 3]);
     }
     // The leader replicates to both followers and its Raft links are up.
-    wait_for("the leader to see both followers connected and caught up", DEADLINE, || {
-        let s = cluster.status(first).map_err(|e| e.to_string())?;
-        let connected = s.transport.iter().filter(|t| t.connected).count();
-        let caught_up = s.replication.iter().filter(|r| r.matched >= s.commit_index).count();
-        if s.replication.len() == 2 && connected == 2 && caught_up == 2 {
-            Ok(())
-        } else {
-            Err(format!("{:?} / {:?}", s.replication, s.transport))
-        }
-    });
+    wait_for(
+        "the leader to see both followers connected and caught up",
+        DEADLINE,
+        || {
+            let s = cluster.status(first).map_err(|e| e.to_string())?;
+            let connected = s.transport.iter().filter(|t| t.connected).count();
+            let caught_up = s
+                .replication
+                .iter()
+                .filter(|r| r.matched >= s.commit_index)
+                .count();
+            if s.replication.len() == 2 && connected == 2 && caught_up == 2 {
+                Ok(())
+            } else {
+                Err(format!("{:?} / {:?}", s.replication, s.transport))
+            }
+        },
+    );
     let term = cluster.status(first).unwrap().term;
 
     cluster.kill(first).unwrap();
