@@ -33,7 +33,10 @@ impl BankReplica {
 
 impl StateMachine for BankReplica {
     fn apply(&mut self, index: Index, command: &[u8]) -> Bytes {
-        self.inner.write().unwrap_or_else(|e| e.into_inner()).apply(index, command)
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(index, command)
     }
 
     fn snapshot(&self) -> Bytes {

@@ -6,13 +6,13 @@
 //! Knobs: `BENCH_SECS` (per row, default 5), `BENCH_CLIENTS` (default "1,16,64,256").
 //! All three nodes share this machine's cores with the clients.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/cluster/mod.rs"]
+mod cluster;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::Cluster;
+use cluster::Cluster;
 use hdrhistogram::Histogram;
 
 fn main() {

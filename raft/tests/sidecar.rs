@@ -1,12 +1,12 @@
 //! The sidecar's API over the in-memory network: propose-and-await, redirects,
 //! linearizable reads, leadership loss, transfer, restart from the store.
 
-mod common;
+mod cluster;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{wait_for, Cluster};
+use cluster::{wait_for, Cluster};
 use raft::sidecar::SidecarError;
 
 const T: Duration = Duration::from_secs(10);

@@ -3,14 +3,14 @@
 //! proposals. Afterwards every acknowledged proposal is applied exactly once, at the
 //! index it was acknowledged with, on every node.
 
-mod common;
+mod cluster;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{wait_for, Cluster};
+use cluster::{wait_for, Cluster};
 use raft::core::Index;
 use raft::sidecar::SidecarError;
 

@@ -95,6 +95,7 @@ impl Rng {
     }
 
     /// Uniform in `[0, n)` (0 when n is 0).
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     pub(crate) fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
@@ -104,11 +105,13 @@ impl Rng {
     }
 
     /// Uniform in `[lo, hi]`.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     pub(crate) fn between(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.below(hi.saturating_sub(lo) + 1)
     }
 
     /// True with probability `p`.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     pub(crate) fn chance(&mut self, p: f64) -> bool {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }

@@ -409,7 +409,13 @@ impl RaftNode {
                 // ignores disruptive campaigns (thesis 4.2.3), unless the leader itself
                 // ordered the campaign (leadership transfer).
                 MessageBody::Vote { transfer, .. } if !transfer && self.in_lease() => return,
-                MessageBody::PreVote { .. } if self.in_lease() => return,
+                // A pre-vote is granted only by a node that has not heard from a leader
+                // for an election timeout (thesis 9.6), with or without check-quorum.
+                MessageBody::PreVote { .. }
+                    if self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks =>
+                {
+                    return
+                }
                 // Pre-votes carry a prospective term and must not move ours.
                 MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { granted: true } => {}
 
@@ -462,6 +468,7 @@ impl RaftNode {
             || !self.read_states.is_empty()
             || self.need_broadcast
             || self.pending_snapshot.is_some()
+            || (self.role == Role::Leader && self.reads.needs_round())
     }
 
     /// Collect the work accumulated since the previous ready.
@@ -1113,6 +1120,14 @@ impl RaftNode {
             }
         }
         self.send_more(from);
+        // A follower that just caught up would otherwise learn the commit index only
+        // with the next heartbeat: tell it now.
+        let committed = self.log.committed();
+        if let Some(pr) = self.progress.get(&from) {
+            if pr.commit_sent < pr.matched.min(committed) {
+                self.send_append(from, true);
+            }
+        }
     }
 
     fn handle_heartbeat_response(&mut self, from: NodeId, round: u64) {
@@ -1236,6 +1251,9 @@ impl RaftNode {
             .map(|(&id, p)| (id, p.matched.min(commit)))
             .collect();
         for (id, commit) in targets {
+            if let Some(pr) = self.progress.get_mut(&id) {
+                pr.commit_sent = pr.commit_sent.max(commit);
+            }
             self.send(id, MessageBody::Heartbeat { commit, round });
         }
     }
@@ -1280,6 +1298,7 @@ impl RaftNode {
             return false;
         }
         let bytes: usize = entries.iter().map(|e| e.payload_len() + 24).sum();
+        pr.commit_sent = commit;
         let last_sent = entries.last().map(|e| e.index);
         let entries = entries.to_vec();
         pr.sent(last_sent, bytes);

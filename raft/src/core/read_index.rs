@@ -70,6 +70,11 @@ impl ReadQueue {
         self.need_round = true;
     }
 
+    /// Whether reads are waiting for a round to start (the next ready starts it).
+    pub fn needs_round(&self) -> bool {
+        self.need_round
+    }
+
     /// Start a new round if reads are waiting for one; returns its number.
     pub fn start_round(&mut self) -> Option<u64> {
         if !self.need_round {

@@ -209,7 +209,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         self.core.tick();
         self.ticks += 1;
         self.publish_status();
-        if self.ticks % 100 == 0 {
+        if self.ticks.is_multiple_of(100) {
             // Forget callers that gave up waiting.
             self.proposals.retain(|_, (_, tx)| !tx.is_closed());
             self.reads.retain(|_, tx| !tx.is_closed());

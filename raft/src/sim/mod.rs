@@ -494,7 +494,7 @@ impl Sim {
             }
             Event::DiskDone(id) => self.finish_ready(id),
         }
-        if self.opts.full_check_every > 0 && self.events_run % self.opts.full_check_every == 0 {
+        if self.opts.full_check_every > 0 && self.events_run.is_multiple_of(self.opts.full_check_every) {
             self.check_log_matching();
         }
         self.check_invariants();
@@ -654,8 +654,7 @@ impl Sim {
         }
         // Inputs that waited for the write.
         let deferred = std::mem::take(&mut self.nodes.get_mut(&id).expect("known node").deferred);
-        let mut rest = deferred.into_iter();
-        while let Some(ev) = rest.next() {
+        for ev in deferred {
             match ev {
                 Event::Tick(..) => {
                     if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {

@@ -84,6 +84,8 @@ pub struct TestNode {
 }
 
 /// Where the cluster's nodes talk.
+// One value per test cluster: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Net {
     Memory(MemNetwork),
     Quic { ca: ClusterCa, dir: tempfile::TempDir },
