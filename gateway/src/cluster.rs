@@ -343,10 +343,25 @@ impl LocalCluster {
     /// Sends SIGTERM to node `id` and waits up to `timeout` for it to exit. Returns
     /// its exit status; on timeout the node is killed and an error returned.
     pub fn terminate(&mut self, id: NodeId, timeout: Duration) -> Result<ExitStatus, ClusterError> {
+        self.stop_with(id, libc::SIGTERM, "SIGTERM", timeout)
+    }
+
+    /// Like [`LocalCluster::terminate`] with SIGINT (Ctrl-C).
+    pub fn interrupt(&mut self, id: NodeId, timeout: Duration) -> Result<ExitStatus, ClusterError> {
+        self.stop_with(id, libc::SIGINT, "SIGINT", timeout)
+    }
+
+    fn stop_with(
+        &mut self,
+        id: NodeId,
+        sig: libc::c_int,
+        name: &'static str,
+        timeout: Duration,
+    ) -> Result<ExitStatus, ClusterError> {
         if self.proc_mut(id)?.paused {
             self.resume(id)?;
         }
-        self.signal(id, libc::SIGTERM, "send SIGTERM")?;
+        self.signal(id, sig, "send a signal")?;
         let deadline = Instant::now() + timeout;
         loop {
             let proc = self.proc_mut(id)?;
@@ -361,7 +376,7 @@ impl LocalCluster {
             if Instant::now() >= deadline {
                 self.kill(id)?;
                 return Err(ClusterError::Timeout {
-                    what: format!("node {id} to exit after SIGTERM (it was killed)"),
+                    what: format!("node {id} to exit after {name} (it was killed)"),
                     after: timeout,
                     last: self.log_tail(id, 5),
                 });

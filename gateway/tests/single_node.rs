@@ -109,3 +109,37 @@ fn a_taken_admin_port_is_a_startup_error_naming_the_address() {
     assert!(!status.success());
     assert!(stderr.contains(&admin.to_string()), "{stderr}");
 }
+
+#[test]
+fn a_node_stopped_with_sigint_restarts_from_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(dir.path().join("c"), cluster_options(1)).unwrap();
+    cluster.wait_ready(1, STARTUP).unwrap();
+    let before = wait_for("node 1 to lead and commit", STARTUP, || {
+        let s = cluster.status(1).map_err(|e| e.to_string())?;
+        if s.is_leader() && s.applied_index >= 1 {
+            Ok(s)
+        } else {
+            Err(format!("role {} applied {}", s.role, s.applied_index))
+        }
+    });
+    let exit = cluster.interrupt(1, Duration::from_secs(15)).unwrap();
+    assert!(exit.success(), "SIGINT must exit 0, got {exit}");
+    assert!(dir.path().join("c/node-1/data/raft.redb").is_file());
+
+    cluster.start_node(1).unwrap();
+    cluster.wait_ready(1, STARTUP).unwrap();
+    let after = wait_for("node 1 to lead again", STARTUP, || {
+        let s = cluster.status(1).map_err(|e| e.to_string())?;
+        if s.is_leader() && s.applied_index > before.applied_index {
+            Ok(s)
+        } else {
+            Err(format!("role {} applied {}", s.role, s.applied_index))
+        }
+    });
+    // The log and the term survived the restart: the new leader's term is later and
+    // its log extends the old one.
+    assert!(after.term > before.term, "{} > {}", after.term, before.term);
+    assert!(after.first_index <= before.last_index + 1);
+    assert!(after.last_index > before.last_index);
+}
