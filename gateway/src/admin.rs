@@ -4,6 +4,7 @@
 //! It is deliberately separate from both QUIC channels so that an operator can still
 //! look at a node whose Raft or client traffic is cut.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use raft::sidecar::RaftHandle;
 use raft::transport::QuicTransport;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::status::{
     role_name, AddressReport, InboundReport, LeaderReport, ReplicationReport, StatusReport, TransportReport,
@@ -179,10 +180,20 @@ pub fn spawn_metrics_task(state: AdminState, every: Duration, cancel: Cancellati
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The transport logs link changes at debug only; operators want them at info.
+        let mut links: HashMap<u64, bool> = HashMap::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = interval.tick() => {}
+            }
+            for (peer, p) in state.transport.peer_statuses() {
+                let was = links.insert(peer, p.connected);
+                match (was, p.connected) {
+                    (Some(false) | None, true) => info!(peer, addr = %p.addr, "raft link to peer is up"),
+                    (Some(true), false) => warn!(peer, addr = %p.addr, "raft link to peer is down"),
+                    _ => {}
+                }
             }
             record_transport_metrics(state.raft.id(), &state.transport);
             if let Some(m) = &state.metrics {

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{cluster_options, wait_for};
+use gateway::status::fetch_metrics;
 use gateway::LocalCluster;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -46,6 +47,20 @@ fn three_nodes_elect_a_leader_and_fail_over_when_it_is_killed() {
         },
     );
     let term = cluster.status(first).unwrap().term;
+    let admin = cluster.admin_addr(first).unwrap();
+    wait_for("the leader's metrics to show both links up", DEADLINE, || {
+        let m = fetch_metrics(admin, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        let up = cluster
+            .node_ids()
+            .into_iter()
+            .filter(|&p| p != first)
+            .all(|p| m.contains(&format!("raft_peer_connected{{peer=\"{p}\"}} 1")));
+        if up && m.contains("raft_is_leader 1") && m.contains("raft_transport_sent_total{peer=") {
+            Ok(())
+        } else {
+            Err(m)
+        }
+    });
 
     cluster.kill(first).unwrap();
     let second = cluster.wait_leader_other_than(first, DEADLINE).unwrap();
