@@ -208,6 +208,11 @@ impl LocalCluster {
         self.procs.contains_key(&id)
     }
 
+    /// The process id of node `id`, if it runs.
+    pub fn pid(&self, id: NodeId) -> Option<u32> {
+        self.procs.get(&id).map(|p| p.child.id())
+    }
+
     fn node(&self, id: NodeId) -> Result<&crate::init::NodeSummary, ClusterError> {
         self.summary.node(id).ok_or(ClusterError::UnknownNode(id))
     }
