@@ -288,8 +288,12 @@ pub fn init_cluster(opts: &InitOptions) -> Result<ClusterSummary, InitError> {
     let dir = &opts.dir;
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let ca_path = dir.join(CA_CERT_FILE);
-    if ca_path.exists() && !opts.force {
-        return Err(InitError::Exists(ca_path));
+    if !opts.force {
+        for existing in [CA_CERT_FILE, CA_KEY_FILE, SUMMARY_FILE].map(|f| dir.join(f)) {
+            if existing.exists() {
+                return Err(InitError::Exists(existing));
+            }
+        }
     }
     for id in 1..=opts.nodes {
         let data = dir.join(format!("node-{id}")).join("data");

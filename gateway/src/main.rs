@@ -134,10 +134,24 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. The library's errors already show their
+/// cause in their message, so a cause is appended only if it adds something.
+fn report(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 fn init_logging(format: LogFormat) -> anyhow::Result<()> {
@@ -166,7 +180,7 @@ fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(2));
     if let (Err(e), true) = (&result, json) {
         // Log shippers see the reason too; main() prints it on stderr either way.
-        error!("{e:#}");
+        error!("{}", report(e));
     }
     result
 }
