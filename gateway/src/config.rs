@@ -63,8 +63,12 @@ pub const DEFAULT_ELECTION_TICKS: u32 = 30;
 pub const DEFAULT_PROPOSE_TIMEOUT_MS: u64 = 5_000;
 /// Default time a linearizable read may wait for its confirmation.
 pub const DEFAULT_READ_TIMEOUT_MS: u64 = 5_000;
-/// Default largest client-channel frame.
+/// Default largest client-channel frame (the bank protocol's default).
 pub const DEFAULT_CLIENT_MAX_FRAME_LEN: usize = 1 << 20;
+/// Smallest client-channel frame limit the bank server accepts.
+pub const MIN_CLIENT_MAX_FRAME_LEN: usize = 64 * 1024;
+/// Largest client-channel frame limit this config accepts.
+pub const MAX_CLIENT_MAX_FRAME_LEN: usize = 64 << 20;
 /// The redb file inside `data_dir`.
 pub const RAFT_LOG_FILE: &str = "raft.redb";
 
@@ -626,11 +630,11 @@ impl RawConfig {
             }
         }
         let client_max_frame_len = self.client.max_frame_len.unwrap_or(DEFAULT_CLIENT_MAX_FRAME_LEN);
-        if !(64..=(64 << 20)).contains(&client_max_frame_len) {
+        if !(MIN_CLIENT_MAX_FRAME_LEN..=MAX_CLIENT_MAX_FRAME_LEN).contains(&client_max_frame_len) {
             return Err(field_err(
                 origin,
                 "client.max_frame_len",
-                format!("{client_max_frame_len} is out of range (64 bytes to 64 MiB)"),
+                format!("{client_max_frame_len} is out of range (64 KiB to 64 MiB)"),
             ));
         }
         let timings = self.validate_timings(origin)?;
