@@ -4,8 +4,6 @@
 #![warn(missing_docs)]
 
 pub mod admin;
-// TEMPORARY: stands in for `bank_app::server` until it is merged; delete with the file.
-pub mod client_channel_stub;
 pub mod cluster;
 pub mod config;
 pub mod init;

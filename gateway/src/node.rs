@@ -19,11 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminServer, AdminState};
-// MERGE: when `bank_app::server` is on this branch, replace the next line with
-// `use bank_app::server;` and delete `client_channel_stub.rs` and its line in lib.rs.
-use crate::client_channel_stub as server;
 use crate::config::NodeConfig;
 use crate::status::{AddressReport, StatusReport};
+use bank_app::server;
 
 /// Inbound Raft messages buffered between the transport and the driver.
 const INBOUND_CAPACITY: usize = 4096;
