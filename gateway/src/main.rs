@@ -1,4 +1,274 @@
-//! The per-node gateway binary. Wiring lands with the bank/gateway issue.
-fn main() {
-    println!("gateway: not wired yet (see ROADMAP.md)");
+//! `gateway`: run a bank node, bootstrap a cluster, inspect a node.
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use gateway::config::{self, LogFormat, NodeConfig, Overrides, RawTimings};
+use gateway::init::{self, InitOptions};
+use gateway::node::Node;
+use gateway::status;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "One node of the replicated bank: Raft peer channel, bank client channel, admin HTTP."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node from a TOML config file, with flags overriding its values.
+    Run(Box<RunArgs>),
+    /// Create a cluster CA, node certificates and node configs in a directory.
+    InitCluster(InitArgs),
+    /// Issue a new certificate and key for one node from an existing cluster CA
+    /// (certificate rotation, or a node added by hand).
+    IssueCert(IssueCertArgs),
+    /// Show a node's status from its admin endpoint.
+    Status(StatusArgs),
+    /// Start a local three-node cluster, drive bank traffic and kill the leader.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The node's config file. Without it, every required value must come from flags.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Number of nodes (ids 1..=N).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Directory to create the cluster in.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Node i listens on BASE+10*(i-1) (raft, UDP), +1 (client, UDP), +2 (admin, TCP).
+    /// Without it, free ports are picked.
+    #[arg(long)]
+    base_port: Option<u16>,
+    /// The address nodes listen on and advertise.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    host: IpAddr,
+    /// Cluster name, checked when peers connect.
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// Token clients must present.
+    #[arg(long, env = "GATEWAY_CLIENT_TOKEN", hide_env_values = true)]
+    client_token: Option<String>,
+    /// Raft tick in milliseconds.
+    #[arg(long)]
+    tick_ms: Option<u64>,
+    /// Heartbeat interval in ticks.
+    #[arg(long)]
+    heartbeat_ticks: Option<u32>,
+    /// Minimum election timeout in ticks.
+    #[arg(long)]
+    election_ticks: Option<u32>,
+    /// Log format of the nodes.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Overwrite an existing CA, certificates and configs in DIR (node data is never
+    /// touched).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct IssueCertArgs {
+    /// The cluster directory holding ca.pem and ca-key.pem.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The node id; writes DIR/node-<id>/cert.pem and key.pem.
+    #[arg(long)]
+    id: u64,
+    /// The node's address, added to the certificate for clients.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    host: IpAddr,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The node's admin address (HOST:PORT).
+    #[arg(long)]
+    admin: SocketAddr,
+    /// Print the raw JSON report.
+    #[arg(long)]
+    json: bool,
+    /// Request timeout in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    timeout_ms: u64,
+}
+
+#[derive(Args)]
+struct DemoArgs {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run(args) => cmd_run(*args),
+        Cmd::InitCluster(args) => cmd_init(args),
+        Cmd::IssueCert(args) => cmd_issue_cert(args),
+        Cmd::Status(args) => cmd_status(args),
+        Cmd::Demo(_) => {
+            println!("demo lands after the client library merge");
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line. The library's errors already show their
+/// cause in their message, so a cause is appended only if it adds something.
+fn report(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = config::load(args.config.as_deref(), &args.overrides)?;
+    init_logging(cfg.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gateway")
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let json = cfg.log_format == LogFormat::Json;
+    let result = runtime.block_on(run_node(cfg));
+    // Do not wait for stray blocking tasks (a wedged fsync) once the node is down.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    if let (Err(e), true) = (&result, json) {
+        // Log shippers see the reason too; main() prints it on stderr either way.
+        error!("{}", report(e));
+    }
+    result
+}
+
+async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
+    // Signal handlers first, so that a SIGTERM during startup is not fatal by default
+    // but handled once the node is up.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the Prometheus metrics recorder")?;
+    let node = Node::start(cfg, Some(metrics)).await?;
+    info!(
+        admin = %node.admin_addr(),
+        "ready: /health, /status and /metrics are served on the admin address"
+    );
+    let stopped_by_itself = tokio::select! {
+        _ = sigterm.recv() => { info!("SIGTERM received, shutting down"); false }
+        _ = sigint.recv() => { info!("SIGINT received, shutting down"); false }
+        _ = node.sidecar_stopped() => true,
+    };
+    node.shutdown().await;
+    if stopped_by_itself {
+        bail!("the raft sidecar stopped unexpectedly (see the log above); the node exits");
+    }
+    Ok(())
+}
+
+fn cmd_init(args: InitArgs) -> anyhow::Result<()> {
+    let mut opts = InitOptions::new(args.nodes, &args.dir);
+    opts.host = args.host;
+    opts.base_port = args.base_port;
+    opts.cluster_id = args.cluster_id;
+    opts.client_token = args.client_token;
+    opts.log_format = args.log_format;
+    opts.force = args.force;
+    opts.timings = RawTimings {
+        tick_ms: args.tick_ms,
+        heartbeat_ticks: args.heartbeat_ticks,
+        election_ticks: args.election_ticks,
+        ..Default::default()
+    };
+    let summary = init::init_cluster(&opts)?;
+    // Prove the configs load before telling the operator they are ready.
+    for n in &summary.nodes {
+        let path = args.dir.join(&n.config);
+        config::load_file(&path)
+            .with_context(|| format!("the generated {} does not load", path.display()))?;
+    }
+    println!("cluster created in {}", args.dir.display());
+    println!(
+        "  {:>4}  {:<22}  {:<22}  {:<22}",
+        "node", "raft (udp)", "client (udp)", "admin (tcp)"
+    );
+    for n in &summary.nodes {
+        println!(
+            "  {:>4}  {:<22}  {:<22}  {:<22}",
+            n.id, n.raft_addr, n.client_addr, n.admin_addr
+        );
+    }
+    println!("start each node with:");
+    for n in &summary.nodes {
+        println!("  gateway run --config {}", args.dir.join(&n.config).display());
+    }
+    println!(
+        "keep {} secret: it can issue certificates the cluster trusts",
+        args.dir.join(init::CA_KEY_FILE).display()
+    );
+    Ok(())
+}
+
+fn cmd_issue_cert(args: IssueCertArgs) -> anyhow::Result<()> {
+    let dir = init::write_node_cert(&args.dir, args.id, args.host)?;
+    println!(
+        "wrote {} and {}",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    );
+    Ok(())
+}
+
+fn cmd_status(args: StatusArgs) -> anyhow::Result<()> {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    if args.json {
+        println!("{}", status::fetch_status_json(args.admin, timeout)?);
+    } else {
+        print!("{}", status::fetch_status(args.admin, timeout)?.render_human());
+    }
+    Ok(())
 }

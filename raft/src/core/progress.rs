@@ -42,6 +42,8 @@ pub struct Progress {
     /// Heartbeat replies in a row during which `matched` stayed behind the leader's
     /// log without moving: appends were probably lost.
     pub stalled_heartbeats: u32,
+    /// The highest commit index sent to the follower.
+    pub commit_sent: Index,
     inflight: VecDeque<(Index, usize)>,
     inflight_bytes: usize,
 }
@@ -58,6 +60,7 @@ impl Progress {
             acked_round: 0,
             learner,
             stalled_heartbeats: 0,
+            commit_sent: 0,
             inflight: VecDeque::new(),
             inflight_bytes: 0,
         }

@@ -1119,6 +1119,14 @@ impl RaftNode {
             }
         }
         self.send_more(from);
+        // A follower that just caught up would otherwise learn the commit index only
+        // with the next heartbeat: tell it now.
+        let committed = self.log.committed();
+        if let Some(pr) = self.progress.get(&from) {
+            if pr.commit_sent < pr.matched.min(committed) {
+                self.send_append(from, true);
+            }
+        }
     }
 
     fn handle_heartbeat_response(&mut self, from: NodeId, round: u64) {
@@ -1242,6 +1250,9 @@ impl RaftNode {
             .map(|(&id, p)| (id, p.matched.min(commit)))
             .collect();
         for (id, commit) in targets {
+            if let Some(pr) = self.progress.get_mut(&id) {
+                pr.commit_sent = pr.commit_sent.max(commit);
+            }
             self.send(id, MessageBody::Heartbeat { commit, round });
         }
     }
@@ -1286,6 +1297,7 @@ impl RaftNode {
             return false;
         }
         let bytes: usize = entries.iter().map(|e| e.payload_len() + 24).sum();
+        pr.commit_sent = commit;
         let last_sent = entries.last().map(|e| e.index);
         let entries = entries.to_vec();
         pr.sent(last_sent, bytes);
