@@ -1236,7 +1236,19 @@ impl RaftNode {
     }
 
     fn broadcast_append(&mut self) {
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        let committed = self.log.committed();
+        let last = self.log.last_index();
+        let peers: Vec<NodeId> = self
+            .progress
+            .iter()
+            // A streaming follower that has been sent every entry and the current
+            // commit index (typically by the append that answered its ack) would only
+            // get an empty duplicate; probing followers always get their probe.
+            .filter(|(_, pr)| {
+                pr.state != ProgressState::Replicate || pr.next <= last || pr.commit_sent < committed
+            })
+            .map(|(&id, _)| id)
+            .collect();
         for id in peers {
             self.send_append(id, true);
         }
