@@ -38,9 +38,10 @@
 //!
 //! Columns: proposals completed per second, client-observed latency percentiles,
 //! proposals completed in the measured window, AppendEntries carrying entries and
-//! their average size (the batching), the CPU cores the process used (at most 1.0
-//! for closed-loop, 2.0 for tokio; much less means other work took the machine, so
-//! look at the last column too) and proposals per CPU second.
+//! their average size (the batching), messages of any kind delivered per proposal,
+//! the CPU cores the process used (at most 1.0 for closed-loop, 2.0 for tokio; much
+//! less means other work took the machine, so look at the last column too) and
+//! proposals per CPU second.
 //!
 //! Run: `cargo bench -p raft --features sim --bench core_bench -- [--mode=closed-loop|tokio|both]
 //! [--clients=1,64,256,1024] [--payload=100] [--repeat=1]`. Environment: `BENCH_SECS` (measured
@@ -396,8 +397,18 @@ fn print_header(title: &str) {
     println!();
     println!("{title}");
     println!(
-        "{:>6} {:>12} {:>10} {:>10} {:>10} {:>11} {:>10} {:>12} {:>6} {:>12}",
-        "N", "props/s", "p50", "p99", "p999", "total", "appends", "ent/append", "cpu", "props/cpu-s"
+        "{:>6} {:>12} {:>10} {:>10} {:>10} {:>11} {:>10} {:>11} {:>10} {:>6} {:>12}",
+        "N",
+        "props/s",
+        "p50",
+        "p99",
+        "p999",
+        "total",
+        "appends",
+        "ent/append",
+        "msgs/prop",
+        "cpu",
+        "props/cpu-s"
     );
 }
 
@@ -405,6 +416,11 @@ fn print_row(r: &Row) {
     let secs = r.elapsed.as_secs_f64();
     let ent_per = if r.stats.appends > 0 {
         r.stats.entries as f64 / r.stats.appends as f64
+    } else {
+        0.0
+    };
+    let msgs_per = if r.count > 0 {
+        r.stats.messages as f64 / r.count as f64
     } else {
         0.0
     };
@@ -416,7 +432,7 @@ fn print_row(r: &Row) {
         |c| format!("{:.0}", r.count as f64 / c.as_secs_f64()),
     );
     println!(
-        "{:>6} {:>12.0} {:>10} {:>10} {:>10} {:>11} {:>10} {:>12.1} {:>6} {:>12}",
+        "{:>6} {:>12.0} {:>10} {:>10} {:>10} {:>11} {:>10} {:>11.1} {:>10.2} {:>6} {:>12}",
         r.clients,
         r.count as f64 / secs,
         fmt_ns(r.hist.value_at_quantile(0.50)),
@@ -425,6 +441,7 @@ fn print_row(r: &Row) {
         r.count,
         r.stats.appends,
         ent_per,
+        msgs_per,
         cpu,
         per_cpu,
     );
