@@ -527,7 +527,7 @@ fn run_closed_loop(n: usize, opts: &Opts) -> Row {
 /// Driver rounds between two voluntary yields. Yielding after every round lets the
 /// clients trickle in one by one (small batches, more rounds per proposal); never
 /// yielding starves the client parked in the driver worker's LIFO slot (and cost a
-/// third of the throughput at N=1024). Measured with both cores idle, anything from 8
+/// quarter of the throughput at N=1024). Measured with both cores idle, anything from 8
 /// to 1024 rounds did about equally well.
 const YIELD_EVERY: u64 = 64;
 
