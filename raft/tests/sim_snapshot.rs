@@ -51,7 +51,7 @@ fn settle(sim: &mut Sim, tag: &str) -> u64 {
             continue;
         };
         if let Some(p) = sim.propose(l, format!("{tag}-final-{round}").into_bytes()) {
-            if sim.run_until(10 * SECOND, |s| s.members_applied(l, p.index)) {
+            if sim.run_until(10 * SECOND, |s| s.converged(p.index)) {
                 return p.index;
             }
         }

@@ -1245,17 +1245,23 @@ impl Sim {
         }
     }
 
-    /// Whether every running member of node `id`'s configuration (and `id` itself) has
-    /// applied up to `index`.
+    /// Whether every running member of node `id`'s configuration has applied up to
+    /// `index`.
     pub fn members_applied(&self, id: NodeId, index: Index) -> bool {
         let Some(r) = self.nodes.get(&id).and_then(|n| n.raft.as_ref()) else {
             return false;
         };
-        let mut members = r.membership().members();
-        members.insert(id);
-        members
-            .iter()
-            .all(|m| self.nodes.get(m).is_some_and(|n| n.is_up() && n.sm.index >= index))
+        r.membership().members().iter().all(|m| {
+            self.nodes
+                .get(m)
+                .is_some_and(|n| !n.is_up() || n.sm.index >= index)
+        })
+    }
+
+    /// Whether some node leads and every running member of its configuration has
+    /// applied up to `index`.
+    pub fn converged(&self, index: Index) -> bool {
+        self.leader().is_some_and(|l| self.members_applied(l, index))
     }
 
     /// End-of-run history check: the reference sequence has no gap up to `upto`, agrees
@@ -1277,7 +1283,8 @@ impl Sim {
             if let EntryPayload::Normal(d) = payload {
                 assert!(
                     seen.insert(d.clone()),
-                    "command at index {index} was applied twice (seed {})",
+                    "command {:?} at index {index} was applied twice (seed {})",
+                    d,
                     self.seed
                 );
             }
