@@ -480,6 +480,14 @@ impl RaftNode {
                 MessageBody::PreVote { .. } => {
                     self.send(msg.from, MessageBody::PreVoteResponse { granted: false });
                 }
+                // A candidate behind on terms learns ours from the refusal (paper figure
+                // 2). Without it, a candidate that nobody else campaigns to (its
+                // configuration is newer than theirs, so it is not among their voters)
+                // can keep campaigning in stale terms forever while the others cannot win
+                // without it.
+                MessageBody::Vote { .. } => {
+                    self.send(msg.from, MessageBody::VoteResponse { granted: false });
+                }
                 _ => {}
             }
             return;
