@@ -125,16 +125,26 @@ fn learner_catches_up_by_snapshot_does_not_count_then_is_promoted() {
     let mut sim = Sim::new(3, 1, compacting());
     let leader = sim.run_until_leader(5 * SECOND).expect("a leader");
     workload(&mut sim, "before", 100);
-    assert!(sim.nodes[&leader].raft().status().first_index > 1, "the log was compacted");
+    assert!(
+        sim.nodes[&leader].raft().status().first_index > 1,
+        "the log was compacted"
+    );
 
     sim.add_node(4);
-    assert!(sim.nodes[&4].raft().membership().voters.is_empty(), "a new node knows no configuration");
+    assert!(
+        sim.nodes[&4].raft().membership().voters.is_empty(),
+        "a new node knows no configuration"
+    );
     let (learning, _) = change(&mut sim, add_learner(4));
     let (_, last) = settle(&mut sim, "learner");
     let four = &sim.nodes[&4];
     assert!(four.installs >= 1, "the learner caught up without a snapshot");
     assert!(four.sm.index >= last);
-    assert_eq!(four.raft().membership(), &learning, "the learner learned its configuration");
+    assert_eq!(
+        four.raft().membership(),
+        &learning,
+        "the learner learned its configuration"
+    );
     assert_eq!(four.raft().role(), Role::Follower);
 
     // A learner does not count toward commitment: the leader and the learner alone
@@ -147,8 +157,15 @@ fn learner_catches_up_by_snapshot_does_not_count_then_is_promoted() {
     let before = sim.nodes[&leader].raft().commit_index();
     let p = sim.propose(leader, &b"uncommittable"[..]).expect("still leader");
     sim.run_for(50_000);
-    assert!(matched(&sim, 4).is_some_and(|m| m >= p.index), "the learner holds the entry");
-    assert_eq!(sim.nodes[&leader].raft().commit_index(), before, "a learner's ack counted");
+    assert!(
+        matched(&sim, 4).is_some_and(|m| m >= p.index),
+        "the learner holds the entry"
+    );
+    assert_eq!(
+        sim.nodes[&leader].raft().commit_index(),
+        before,
+        "a learner's ack counted"
+    );
     for &v in &voters {
         sim.restart(v);
     }
@@ -227,7 +244,10 @@ fn replace_a_node_under_workload_partitions_and_crashes() {
             "seed {seed}: the learner did not catch up"
         );
         sim.restart(victim);
-        assert!(sim.nodes[&4].installs >= 1, "seed {seed}: the learner needed a snapshot");
+        assert!(
+            sim.nodes[&4].installs >= 1,
+            "seed {seed}: the learner needed a snapshot"
+        );
         change(&mut sim, promote(4));
         workload(&mut sim, "w2", 30);
 
@@ -240,7 +260,10 @@ fn replace_a_node_under_workload_partitions_and_crashes() {
         let (leader, last) = settle(&mut sim, "end");
         assert_ne!(leader, 1, "seed {seed}: the removed node leads");
         for id in [2, 3, 4] {
-            assert!(sim.nodes[&id].sm.index >= last, "seed {seed}: node {id} did not converge");
+            assert!(
+                sim.nodes[&id].sm.index >= last,
+                "seed {seed}: node {id} did not converge"
+            );
             assert_eq!(sim.nodes[&id].raft().membership(), &next);
         }
         sim.check_log_matching();
@@ -255,9 +278,18 @@ fn leader_removing_itself_steps_down_and_a_new_leader_is_elected() {
     workload(&mut sim, "before", 30);
     let term = sim.nodes[&old].raft().term();
     let (next, index) = change(&mut sim, remove(old));
-    // It led until the change committed, then stepped down.
+    // It led until the change committed, then stepped down and handed over to an
+    // up-to-date voter at once, without waiting for an election timeout.
     assert!(sim.run_until(SECOND, |s| s.nodes[&old].raft().role() != Role::Leader));
     assert!(sim.nodes[&old].raft().commit_index() >= index);
+    let stepped_down = sim.now();
+    assert!(sim.run_until(SECOND, |s| s.leader().is_some_and(|l| l != old)));
+    let election_timeout = u64::from(sim.opts.election_ticks) * sim.opts.tick_us;
+    assert!(
+        sim.now() - stepped_down < election_timeout,
+        "no hand-over: the new leader took {} us",
+        sim.now() - stepped_down
+    );
     let (leader, last) = settle(&mut sim, "after");
     assert_ne!(leader, old);
     assert!(sim.nodes[&leader].raft().term() > term);

@@ -70,7 +70,7 @@ fn current_config(sim: &Sim) -> Membership {
 }
 
 fn run_seed(seed: u64) -> Outcome {
-    let mut dice = Dice(seed ^ 0x5EED_0F_C0F1);
+    let mut dice = Dice(seed ^ 0x005E_ED0F_C0F1);
     let n = if dice.chance(30) { 5 } else { 3 };
     let opts = SimOptions {
         drop_rate: [0.0, 0.01, 0.05, 0.1][dice.below(4) as usize],
@@ -102,7 +102,10 @@ fn run_seed(seed: u64) -> Outcome {
                 if let Some(l) = sim.leader() {
                     for _ in 0..=dice.below(5) {
                         counter += 1;
-                        if sim.propose(l, format!("s{seed}-p{counter}").into_bytes()).is_some() {
+                        if sim
+                            .propose(l, format!("s{seed}-p{counter}").into_bytes())
+                            .is_some()
+                        {
                             out.proposals += 1;
                         }
                     }
@@ -272,7 +275,10 @@ fn run_seed(seed: u64) -> Outcome {
     let config = sim.nodes[&leader].raft().membership().clone();
     for id in config.members() {
         let node = &sim.nodes[&id];
-        assert!(node.sm.index >= final_index, "seed {seed}: member {id} did not converge");
+        assert!(
+            node.sm.index >= final_index,
+            "seed {seed}: member {id} did not converge"
+        );
         assert_eq!(
             node.raft().membership(),
             &config,
@@ -340,7 +346,10 @@ fn random_membership_and_snapshots() {
             failures[0].0
         );
     }
-    assert!(totals.committed > count as usize, "the workload committed almost nothing");
+    assert!(
+        totals.committed > count as usize,
+        "the workload committed almost nothing"
+    );
     if count >= 20 {
         assert!(totals.installs > 0, "no snapshot was installed");
         assert!(totals.changes > 0, "no membership change was proposed");

@@ -89,7 +89,10 @@ fn lagging_follower_catches_up_by_snapshot_under_message_loss() {
         sim.heal();
         let last = settle(&mut sim, "heal");
         let node = &sim.nodes[&lagger];
-        assert!(node.installs >= 1, "seed {seed}: the lagging node installed no snapshot");
+        assert!(
+            node.installs >= 1,
+            "seed {seed}: the lagging node installed no snapshot"
+        );
         assert!(node.sm.index >= last);
         assert!(
             node.applied.len() < last as usize,
@@ -135,14 +138,20 @@ fn crash_during_snapshot_install_loses_it_cleanly() {
     assert!(meta.index > before.snapshot.index);
     sim.crash(lagger);
     let disk = &sim.nodes[&lagger].disk;
-    assert_eq!(disk.snapshot, before.snapshot, "an unsynced snapshot point reached the disk");
+    assert_eq!(
+        disk.snapshot, before.snapshot,
+        "an unsynced snapshot point reached the disk"
+    );
     assert_eq!(disk.image, before.image, "an unsynced image reached the disk");
     assert_eq!(disk.entries, before.entries);
     assert_eq!(sim.nodes[&lagger].installs, 0);
 
     sim.run_for(SECOND);
     sim.restart(lagger);
-    assert_eq!(sim.nodes[&lagger].sm.index, before.image.as_ref().map_or(0, |i| i.meta.index));
+    assert_eq!(
+        sim.nodes[&lagger].sm.index,
+        before.image.as_ref().map_or(0, |i| i.meta.index)
+    );
     let last = settle(&mut sim, "after-crash");
     let node = &sim.nodes[&lagger];
     assert!(node.installs >= 1, "the retried install did not happen");
@@ -169,7 +178,11 @@ fn restart_loads_the_snapshot_and_replays_only_the_tail() {
         let node = &sim.nodes[&id];
         assert_eq!(node.restored_from, image.meta.index);
         assert_eq!(node.sm, image.state);
-        let target = if id == leader { settle(&mut sim, "restart") } else { last };
+        let target = if id == leader {
+            settle(&mut sim, "restart")
+        } else {
+            last
+        };
         assert!(sim.run_until(5 * SECOND, |s| s.nodes[&id].sm.index >= target));
         let node = &sim.nodes[&id];
         assert!(

@@ -235,7 +235,10 @@ mod tests {
         p.ack(3);
         p.become_snapshot(50);
         assert!(p.is_paused(8, usize::MAX));
-        assert!(!p.reject(99, 0), "rejections are ignored while a snapshot is pending");
+        assert!(
+            !p.reject(99, 0),
+            "rejections are ignored while a snapshot is pending"
+        );
         assert!(p.snapshot_done(true));
         assert_eq!((p.state, p.next, p.probe_sent), (ProgressState::Probe, 51, true));
         assert!(!p.snapshot_done(true), "a duplicate report changes nothing");

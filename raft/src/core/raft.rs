@@ -438,6 +438,17 @@ impl RaftNode {
             return;
         }
         if msg.term > self.term {
+            let leader_traffic = matches!(
+                msg.body,
+                MessageBody::Append(_) | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. }
+            );
+            if !leader_traffic && self.in_lease() && !self.membership.contains(msg.from) {
+                // A node outside our configuration (typically a removed server that
+                // kept campaigning on its own) does not get to move the term of a node
+                // that hears from a live leader, or of that leader. Leader traffic is
+                // always heard: a leader may be in a configuration we have not seen yet.
+                return;
+            }
             match &msg.body {
                 // A follower that heard from a live leader within the election timeout
                 // ignores disruptive campaigns (thesis 4.2.3), unless the leader itself
@@ -1311,7 +1322,9 @@ impl RaftNode {
         true
     }
 
-    /// A leader that committed a configuration without itself steps down.
+    /// A leader that committed a configuration without itself steps down, handing
+    /// over to a voter that holds its whole log (if any) so the cluster need not wait
+    /// an election timeout for a new leader.
     fn on_commit_config(&mut self) {
         if self.role == Role::Leader
             && !self.membership.is_voter(self.id)
@@ -1320,6 +1333,16 @@ impl RaftNode {
                 .last()
                 .is_some_and(|(idx, _)| *idx <= self.log.committed())
         {
+            let last = self.log.last_index();
+            let successor = self
+                .progress
+                .iter()
+                .filter(|(&id, p)| self.membership.is_voter(id) && p.matched == last)
+                .map(|(&id, _)| id)
+                .next();
+            if let Some(to) = successor {
+                self.send(to, MessageBody::TimeoutNow);
+            }
             self.become_follower(self.term, None);
         }
     }

@@ -133,7 +133,11 @@ impl StateMachine {
                 d
             }
             EntryPayload::Membership(m) => {
-                h ^= m.voters.iter().chain(m.learners.iter()).fold(0xC0F1, |a, &id| a * 31 + id);
+                h ^= m
+                    .voters
+                    .iter()
+                    .chain(m.learners.iter())
+                    .fold(0xC0F1, |a, &id| a * 31 + id);
                 b"config"
             }
         };
@@ -431,7 +435,12 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("known node");
         // The state machine comes back from its latest image; the core hands out the
         // committed entries after it (the tail), not the whole log.
-        node.sm = node.disk.image.as_ref().map(|i| i.state.clone()).unwrap_or_default();
+        node.sm = node
+            .disk
+            .image
+            .as_ref()
+            .map(|i| i.state.clone())
+            .unwrap_or_default();
         node.restored_from = node.sm.index;
         let restore = Restore {
             hard_state: node.disk.hard_state,
@@ -520,13 +529,20 @@ impl Sim {
     /// everything (its membership included) from a leader once a configuration that
     /// contains it is proposed.
     pub fn add_node(&mut self, id: NodeId) {
-        assert!(id != 0 && !self.nodes.contains_key(&id), "node {id} already exists");
+        assert!(
+            id != 0 && !self.nodes.contains_key(&id),
+            "node {id} already exists"
+        );
         self.nodes.insert(id, SimNode::new(Disk::default()));
         self.start_node(id);
     }
 
     /// Propose a configuration change on node `id` and process the resulting ready.
-    pub fn propose_membership(&mut self, id: NodeId, next: Membership) -> Result<(Index, Term), ProposeError> {
+    pub fn propose_membership(
+        &mut self,
+        id: NodeId,
+        next: Membership,
+    ) -> Result<(Index, Term), ProposeError> {
         let raft = self
             .nodes
             .get_mut(&id)
@@ -797,7 +813,9 @@ impl Sim {
                 }
             }
             Event::SnapshotReport(_, incarnation, peer, ok) => {
-                let Some(node) = self.nodes.get_mut(&id) else { return };
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return;
+                };
                 if node.restarts != incarnation {
                     return;
                 }
@@ -950,7 +968,9 @@ impl Sim {
     fn maybe_compact(&mut self, id: NodeId) {
         let every = self.opts.snapshot_every;
         let keep = self.opts.snapshot_keep;
-        let Some(node) = self.nodes.get_mut(&id) else { return };
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
         let image_index = node.disk.image.as_ref().map_or(0, |i| i.meta.index);
         if every == 0 || node.sm.index < image_index + every {
             return;
@@ -977,7 +997,9 @@ impl Sim {
             return;
         };
         self.snap_stats.requested += 1;
-        let Some(sender) = self.nodes.get(&msg.from) else { return };
+        let Some(sender) = self.nodes.get(&msg.from) else {
+            return;
+        };
         let incarnation = sender.restarts;
         let snapshot = match &sender.disk.image {
             Some(img) if img.meta.index >= meta.index => img.clone(),
@@ -1032,7 +1054,10 @@ impl Sim {
         let up = self.nodes.get(&t.to).is_some_and(|n| n.is_up());
         if !up {
             self.snap_stats.lost += 1;
-            self.schedule(self.now + ack_lat, Event::SnapshotReport(t.from, incarnation, t.to, false));
+            self.schedule(
+                self.now + ack_lat,
+                Event::SnapshotReport(t.from, incarnation, t.to, false),
+            );
             return;
         }
         self.snap_stats.delivered += 1;
@@ -1041,7 +1066,10 @@ impl Sim {
         node.received.insert(meta.index, t.snapshot);
         // The report travels back over the network too; it may be lost.
         if !(self.opts.drop_rate > 0.0 && self.rng.chance(self.opts.drop_rate)) {
-            self.schedule(self.now + ack_lat, Event::SnapshotReport(t.from, incarnation, t.to, true));
+            self.schedule(
+                self.now + ack_lat,
+                Event::SnapshotReport(t.from, incarnation, t.to, true),
+            );
         }
         self.deliver_msg(Message {
             from: t.from,
