@@ -1,8 +1,9 @@
 //! The pure Raft state machine: no IO, no clock, no global randomness.
 //!
 //! [`RaftNode`] takes inputs (`tick`, `step`, `propose`, `read_index`,
-//! `transfer_leader`) and produces a [`Ready`] batch of work; see `docs/architecture.md`
-//! for the contract the driver must follow.
+//! `transfer_leader`, `propose_membership`, `report_snapshot`, `compact`) and produces a
+//! [`Ready`] batch of work; see `docs/architecture.md` for the contract the driver must
+//! follow, snapshots included.
 
 mod config;
 mod log;

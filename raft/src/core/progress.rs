@@ -5,7 +5,8 @@
 //! `Replicate`, where the leader streams appends optimistically, bounded by a window
 //! of in-flight messages and bytes (pipelining with flow control). A rejection drops
 //! it back to `Probe`. `Snapshot` means the follower needs a snapshot before the log
-//! can help it.
+//! can help it: the driver streams one out of band and reports the outcome
+//! (`RaftNode::report_snapshot`); appends stay paused meanwhile, heartbeats do not.
 
 use std::collections::VecDeque;
 
@@ -44,6 +45,9 @@ pub struct Progress {
     pub stalled_heartbeats: u32,
     /// The highest commit index sent to the follower.
     pub commit_sent: Index,
+    /// Ticks spent in `Snapshot` without an outcome: after an election timeout the
+    /// transfer is presumed lost and the leader asks for another.
+    pub snapshot_ticks: u32,
     inflight: VecDeque<(Index, usize)>,
     inflight_bytes: usize,
 }
@@ -61,6 +65,7 @@ impl Progress {
             learner,
             stalled_heartbeats: 0,
             commit_sent: 0,
+            snapshot_ticks: 0,
             inflight: VecDeque::new(),
             inflight_bytes: 0,
         }
@@ -117,6 +122,9 @@ impl Progress {
     /// before a newer state of things) and must be ignored.
     pub fn reject(&mut self, rejected: Index, hint: Index) -> bool {
         match self.state {
+            // Appends are paused while a snapshot is on its way: any rejection is for
+            // an append sent before, and the snapshot supersedes it.
+            ProgressState::Snapshot(_) => false,
             ProgressState::Replicate => {
                 if rejected <= self.matched {
                     return false;
@@ -158,7 +166,26 @@ impl Progress {
     pub fn become_snapshot(&mut self, index: Index) {
         self.state = ProgressState::Snapshot(index);
         self.probe_sent = false;
+        self.snapshot_ticks = 0;
         self.clear_inflight();
+    }
+
+    /// The snapshot transfer ended (`ok`: the follower received the data; otherwise it
+    /// failed or timed out). Either way the follower goes back to `Probe`, paused until
+    /// it is heard from: on success the probe resumes right after the snapshot and
+    /// waits for the follower's acknowledgement; on failure it resumes from what the
+    /// follower is known to hold, which asks for a new snapshot. Returns false if no
+    /// snapshot was pending (a stale or duplicate report).
+    pub fn snapshot_done(&mut self, ok: bool) -> bool {
+        let ProgressState::Snapshot(index) = self.state else {
+            return false;
+        };
+        self.next = if ok { self.matched.max(index) } else { self.matched } + 1;
+        self.state = ProgressState::Probe;
+        self.probe_sent = true;
+        self.snapshot_ticks = 0;
+        self.clear_inflight();
+        true
     }
 
     /// How many appends are in flight.
@@ -200,5 +227,23 @@ mod tests {
         p.ack(6);
         p.become_replicate();
         assert!(!p.reject(6, 0), "replicate rejection at or below match");
+    }
+
+    #[test]
+    fn snapshot_outcome_resumes_probing_from_the_right_place() {
+        let mut p = Progress::new(100, false);
+        p.ack(3);
+        p.become_snapshot(50);
+        assert!(p.is_paused(8, usize::MAX));
+        assert!(
+            !p.reject(99, 0),
+            "rejections are ignored while a snapshot is pending"
+        );
+        assert!(p.snapshot_done(true));
+        assert_eq!((p.state, p.next, p.probe_sent), (ProgressState::Probe, 51, true));
+        assert!(!p.snapshot_done(true), "a duplicate report changes nothing");
+        p.become_snapshot(50);
+        assert!(p.snapshot_done(false));
+        assert_eq!((p.state, p.next), (ProgressState::Probe, 4));
     }
 }

@@ -3,8 +3,16 @@
 //! it never blocks, never reads a clock and never does IO.
 //!
 //! The driver's loop is: feed inputs (`tick`, `step`, `propose`, `read_index`,
-//! `transfer_leader`), take a [`Ready`], do what it says in the documented order, then
-//! call [`RaftNode::advance`].
+//! `transfer_leader`, `propose_membership`, `report_snapshot`), take a [`Ready`], do
+//! what it says in the documented order, then call [`RaftNode::advance`]. Between
+//! readies it may call [`RaftNode::compact`] once its state machine holds a snapshot.
+//!
+//! Snapshots move out of band: the core never sees their bytes. A leader whose
+//! follower needs compacted entries emits `MessageBody::InstallSnapshot { meta }`; the
+//! driver streams its latest state machine image (at `meta.index` or later) to that
+//! follower and reports the outcome with [`RaftNode::report_snapshot`]. On the
+//! follower, the driver steps `InstallSnapshot` into the core only once the data has
+//! arrived; if the core adopts it, the next [`Ready::snapshot`] says so.
 
 use std::collections::BTreeMap;
 
@@ -56,10 +64,14 @@ pub struct ReadState {
 ///
 /// 1. send `messages` (may happen before or in parallel with step 2);
 /// 2. durably write `hard_state` and `entries` (entries replace any stored suffix
-///    starting at the first entry's index) and, if present, `snapshot`;
+///    starting at the first entry's index) and, if present, `snapshot` (as the new
+///    snapshot point, together with the state machine image it describes, in one
+///    atomic write: storage applies the snapshot point before the entries);
 /// 3. only then send `persisted_messages` (votes and acknowledgements, which promise
 ///    that what they acknowledge is on disk);
-/// 4. apply `committed` in order, then serve `reads` whose index has been applied;
+/// 4. if `snapshot` is present, restore the state machine from the image received
+///    for it; then apply `committed` in order (they follow the snapshot), then serve
+///    `reads` whose index has been applied;
 /// 5. call [`RaftNode::advance`].
 #[derive(Debug, Default)]
 pub struct Ready {
@@ -79,8 +91,13 @@ pub struct Ready {
     pub committed: Vec<Entry>,
     /// Reads now safe to serve once their index is applied.
     pub reads: Vec<ReadState>,
-    /// A snapshot the leader installed on this node: restore the state machine from it
-    /// before applying `committed`.
+    /// A snapshot the leader sent that this node adopted (the driver stepped an
+    /// `InstallSnapshot` with this meta after receiving its data): persist it as the
+    /// snapshot point together with the image, restore the state machine from the image
+    /// before applying `committed`. The log now starts right after `snapshot.index`
+    /// (entries after it are kept only if the log held `snapshot.index` with
+    /// `snapshot.term`, Raft section 7). A received image for which no `snapshot`
+    /// appears (stale, or the log already held it) is discarded.
     pub snapshot: Option<SnapshotMeta>,
 }
 
@@ -398,12 +415,40 @@ impl RaftNode {
         Ok(())
     }
 
+    /// The driver reports how streaming a snapshot to `to` ended, after the core asked
+    /// for one with an `InstallSnapshot` message. `ok` means `to` received the data
+    /// (and steps it into its core, which acknowledges the install with an
+    /// `AppendResponse`): replication resumes right after the snapshot once that
+    /// acknowledgement arrives. Not `ok` means the transfer failed: the leader asks for
+    /// another one after it next hears from `to`. A leader that gets no report within
+    /// an election timeout presumes the transfer lost and also asks again. Reports for
+    /// a follower that is not waiting for a snapshot are ignored.
+    pub fn report_snapshot(&mut self, to: NodeId, ok: bool) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.snapshot_done(ok);
+        }
+    }
+
     /// Process a message from a peer.
     pub fn step(&mut self, msg: Message) {
         if msg.to != self.id || msg.from == self.id || msg.from == 0 {
             return;
         }
         if msg.term > self.term {
+            let leader_traffic = matches!(
+                msg.body,
+                MessageBody::Append(_) | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. }
+            );
+            if !leader_traffic && self.in_lease() && !self.membership.contains(msg.from) {
+                // A node outside our configuration (typically a removed server that
+                // kept campaigning on its own) does not get to move the term of a node
+                // that hears from a live leader, or of that leader. Leader traffic is
+                // always heard: a leader may be in a configuration we have not seen yet.
+                return;
+            }
             match &msg.body {
                 // A follower that heard from a live leader within the election timeout
                 // ignores disruptive campaigns (thesis 4.2.3), unless the leader itself
@@ -445,6 +490,14 @@ impl RaftNode {
                 }
                 MessageBody::PreVote { .. } => {
                     self.send(msg.from, MessageBody::PreVoteResponse { granted: false });
+                }
+                // A candidate behind on terms learns ours from the refusal (paper figure
+                // 2). Without it, a candidate that nobody else campaigns to (its
+                // configuration is newer than theirs, so it is not among their voters)
+                // can keep campaigning in stale terms forever while the others cannot win
+                // without it.
+                MessageBody::Vote { .. } => {
+                    self.send(msg.from, MessageBody::VoteResponse { granted: false });
                 }
                 _ => {}
             }
@@ -519,20 +572,24 @@ impl RaftNode {
     }
 
     /// Discard log entries up to `index` once the application holds a snapshot that
-    /// covers them. Only applied and durable entries can be compacted. Returns the new
-    /// snapshot point (with the configuration in force there) so the driver can record
-    /// it durably.
+    /// covers them (its state machine image is at `index` or later). Only applied and
+    /// durable entries can be compacted. Returns the new snapshot point (with the
+    /// configuration in force there); the driver persists it as `WriteBatch::snapshot`,
+    /// which purges the stored entries up to it. `None`: nothing to do (`index` is at or
+    /// before the current point, or not yet applied and durable).
+    ///
+    /// The driver chooses `index`, and so how long a tail of entries stays behind its
+    /// snapshot: compacting to `applied - tail` lets a follower that lags by less than
+    /// `tail` entries catch up from the log instead of needing a whole snapshot. A
+    /// leader that needs to send a snapshot asks for one at its snapshot point; the
+    /// driver may send any image it holds at that index or later, with that image's
+    /// own meta (from [`RaftNode::snapshot_meta`]).
     pub fn compact(&mut self, index: Index) -> Option<SnapshotMeta> {
         let term = self.log.term(index)?;
         if index <= self.log.snapshot_point().0 || index > self.log.applied().min(self.log.persisted()) {
             return None;
         }
-        let membership = self
-            .configs
-            .iter()
-            .rev()
-            .find(|(i, _)| *i <= index)
-            .map_or_else(|| self.snapshot_membership.clone(), |(_, m)| m.clone());
+        let membership = self.membership_at(index);
         self.log.compact_to(index);
         self.configs.retain(|(i, _)| *i > index);
         self.snapshot_membership = membership.clone();
@@ -540,6 +597,20 @@ impl RaftNode {
             index,
             term,
             membership,
+        })
+    }
+
+    /// The meta a state machine image taken at `index` must carry: the term of the
+    /// entry there and the configuration in force. `None` unless `index` is between
+    /// the snapshot point and the applied index (only applied state can be captured).
+    pub fn snapshot_meta(&self, index: Index) -> Option<SnapshotMeta> {
+        if index < self.log.snapshot_point().0 || index > self.log.applied() {
+            return None;
+        }
+        Some(SnapshotMeta {
+            index,
+            term: self.log.term(index)?,
+            membership: self.membership_at(index),
         })
     }
 
@@ -644,6 +715,15 @@ impl RaftNode {
 
     // ------------------------------------------------------------ internals
 
+    /// The configuration in force at `index` (at or after the snapshot point).
+    fn membership_at(&self, index: Index) -> Membership {
+        self.configs
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or_else(|| self.snapshot_membership.clone(), |(_, m)| m.clone())
+    }
+
     fn in_lease(&self) -> bool {
         self.cfg.check_quorum && self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks
     }
@@ -738,6 +818,16 @@ impl RaftNode {
                 if !active {
                     self.become_follower(self.term, None);
                     return;
+                }
+            }
+        }
+        for pr in self.progress.values_mut() {
+            if let ProgressState::Snapshot(_) = pr.state {
+                // No outcome reported for an election timeout: presume the transfer
+                // lost; the next heartbeat reply asks for a new one.
+                pr.snapshot_ticks += 1;
+                if pr.snapshot_ticks >= self.cfg.election_ticks {
+                    pr.snapshot_done(false);
                 }
             }
         }
@@ -1045,7 +1135,9 @@ impl RaftNode {
 
     fn handle_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
         // The snapshot data itself has already been received and verified by the
-        // driver; here the core adopts it if it moves this node forward.
+        // driver; here the core adopts it if it moves this node forward. A stale or
+        // duplicate one is answered with the commit index, which every leader's log
+        // matches, so the leader resumes from there.
         if meta.index <= self.log.committed() {
             let index = self.log.committed();
             self.send(
@@ -1060,13 +1152,20 @@ impl RaftNode {
             return;
         }
         if self.log.matches(meta.index, meta.term) {
-            // We already hold the entry; just fast-forward the commit index.
+            // We already hold the entry, and so (log matching) everything before it:
+            // keep the log and fast-forward the commit index; the entries are applied
+            // from the log and the received image is not needed.
             self.log.commit_to(meta.index);
         } else {
+            // Raft section 7: the snapshot contradicts or outruns our log; discard it
+            // all and start over after the snapshot point.
             self.log.restore_snapshot(meta.index, meta.term);
             self.snapshot_membership = meta.membership.clone();
             self.configs.clear();
-            self.membership = meta.membership.clone();
+            if self.membership != meta.membership {
+                self.membership = meta.membership.clone();
+                self.on_membership_change();
+            }
             self.pending_snapshot = Some(meta.clone());
         }
         self.send(
@@ -1222,7 +1321,9 @@ impl RaftNode {
         true
     }
 
-    /// A leader that committed a configuration without itself steps down.
+    /// A leader that committed a configuration without itself steps down, handing
+    /// over to a voter that holds its whole log (if any) so the cluster need not wait
+    /// an election timeout for a new leader.
     fn on_commit_config(&mut self) {
         if self.role == Role::Leader
             && !self.membership.is_voter(self.id)
@@ -1231,6 +1332,16 @@ impl RaftNode {
                 .last()
                 .is_some_and(|(idx, _)| *idx <= self.log.committed())
         {
+            let last = self.log.last_index();
+            let successor = self
+                .progress
+                .iter()
+                .filter(|(&id, p)| self.membership.is_voter(id) && p.matched == last)
+                .map(|(&id, _)| id)
+                .next();
+            if let Some(to) = successor {
+                self.send(to, MessageBody::TimeoutNow);
+            }
             self.become_follower(self.term, None);
         }
     }

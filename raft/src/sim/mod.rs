@@ -15,8 +15,20 @@
 //! * log matching: two logs with an entry of the same index and term agree on every
 //!   entry up to it (checked periodically and on demand, it is O(log length));
 //! * leader completeness: a new leader holds every entry any node has committed;
-//! * state machine safety: no two nodes apply different entries at the same index;
+//! * state machine safety: no two nodes apply different entries at the same index,
+//!   and every node's state machine, whether it got there by applying entries or by
+//!   restoring a snapshot, equals the reference state at that index;
 //! * committed entries are never lost or changed.
+//!
+//! Each node runs a small state machine ([`StateMachine`]: a running digest of what it
+//! applied) and the simulator plays the driver's part of snapshots: it compacts by
+//! policy ([`SimOptions::snapshot_every`], keeping [`SimOptions::snapshot_keep`]
+//! entries), streams the leader's latest image as a separate in-flight transfer (that
+//! the network can lose, delay or duplicate) when the core asks for `InstallSnapshot`,
+//! steps `InstallSnapshot` into the receiver's core only once the data has arrived,
+//! reports the outcome to the leader, and writes the image with the snapshot point in
+//! the same (crash-atomic) disk write. Nodes can be added (starting empty, without
+//! any configuration) and configurations changed with [`Sim::propose_membership`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
@@ -24,8 +36,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
 use bytes::Bytes;
 
 use crate::core::{
-    Config, Entry, EntryPayload, HardState, Index, Membership, Message, NodeId, RaftNode, Ready, Restore,
-    Role, SnapshotMeta, Term,
+    Config, Entry, EntryPayload, HardState, Index, Membership, Message, MessageBody, NodeId, ProposeError,
+    RaftNode, Ready, Restore, Role, SnapshotMeta, Term,
 };
 
 /// Virtual time in microseconds.
@@ -55,6 +67,16 @@ pub struct SimOptions {
     pub check_quorum: bool,
     /// Run the O(log) log-matching check every this many events (0: only on demand).
     pub full_check_every: u64,
+    /// Take a state machine snapshot and compact the log whenever a node has applied
+    /// this many entries past its latest image (0: never).
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind the image at each compaction, so that slightly
+    /// lagging followers catch up from the log rather than by snapshot.
+    pub snapshot_keep: u64,
+    /// Latency range of a snapshot transfer (microseconds).
+    pub snapshot_us: (Time, Time),
+    /// Extra probability (on top of `drop_rate`) that a snapshot transfer is lost.
+    pub snapshot_drop_rate: f64,
 }
 
 impl Default for SimOptions {
@@ -70,6 +92,10 @@ impl Default for SimOptions {
             pre_vote: true,
             check_quorum: true,
             full_check_every: 64,
+            snapshot_every: 0,
+            snapshot_keep: 0,
+            snapshot_us: (2_000, 20_000),
+            snapshot_drop_rate: 0.0,
         }
     }
 }
@@ -85,18 +111,85 @@ pub struct InFlight {
     pub msg: Message,
 }
 
+/// The simulated application: a running digest of every entry applied, so two state
+/// machines are equal exactly when they applied the same sequence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateMachine {
+    /// The last index applied (or restored from a snapshot).
+    pub index: Index,
+    /// Digest of every entry up to `index`.
+    pub digest: u64,
+    /// Application commands (`Normal` entries) applied up to `index`.
+    pub commands: u64,
+}
+
+impl StateMachine {
+    fn apply(&mut self, e: &Entry) {
+        let mut h = self.digest ^ e.index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ e.term.rotate_left(17);
+        let bytes: &[u8] = match &e.payload {
+            EntryPayload::Noop => b"noop",
+            EntryPayload::Normal(d) => {
+                self.commands += 1;
+                d
+            }
+            EntryPayload::Membership(m) => {
+                h ^= m
+                    .voters
+                    .iter()
+                    .chain(m.learners.iter())
+                    .fold(0xC0F1, |a, &id| a * 31 + id);
+                b"config"
+            }
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
+        }
+        self.digest = h ^ (h >> 29);
+        self.index = e.index;
+    }
+}
+
+/// A state machine image and the meta the core gave for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Index, term and configuration the image covers.
+    pub meta: SnapshotMeta,
+    /// The state machine at `meta.index`.
+    pub state: StateMachine,
+}
+
 /// What a simulated node durably holds.
 #[derive(Debug, Clone, Default)]
 pub struct Disk {
     /// Synced hard state.
     pub hard_state: HardState,
-    /// Synced snapshot point.
+    /// Synced snapshot point (where the log starts).
     pub snapshot: SnapshotMeta,
     /// Synced entries after the snapshot point.
     pub entries: Vec<Entry>,
+    /// The latest state machine image, at or after the snapshot point (`None`: the
+    /// empty state at index 0).
+    pub image: Option<Snapshot>,
 }
 
 impl Disk {
+    /// Move the snapshot point forward, with the storage rules: entries up to it go;
+    /// entries after it stay only if the log holds the point with the same term.
+    fn set_snapshot_point(&mut self, meta: &SnapshotMeta) {
+        if meta.index <= self.snapshot.index {
+            return;
+        }
+        let held = meta.index - self.snapshot.index;
+        let keep_suffix =
+            held as usize <= self.entries.len() && self.entries[held as usize - 1].term == meta.term;
+        if keep_suffix {
+            self.entries.drain(..held as usize);
+        } else {
+            self.entries.clear();
+        }
+        self.snapshot = meta.clone();
+    }
+
     fn write(&mut self, hs: Option<HardState>, entries: &[Entry]) {
         if let Some(hs) = hs {
             self.hard_state = hs;
@@ -116,8 +209,20 @@ pub struct SimNode {
     pub raft: Option<RaftNode>,
     /// The synced disk.
     pub disk: Disk,
-    /// Entries applied by this node's state machine since it last started, in order.
+    /// Entries applied by this node's state machine since it last started, in order
+    /// (entries covered by a restored snapshot are not in it).
     pub applied: Vec<Entry>,
+    /// The node's state machine.
+    pub sm: StateMachine,
+    /// The image index the state machine was loaded from at the latest start.
+    pub restored_from: Index,
+    /// Snapshots installed from a leader (restored into the state machine).
+    pub installs: u64,
+    /// Compactions of the node's own log.
+    pub compactions: u64,
+    /// Snapshot data received and not yet installed, by index (driver memory: lost on
+    /// a crash).
+    received: BTreeMap<Index, Snapshot>,
     /// A ready whose writes are not synced yet (the node is busy until `busy_until`).
     unsynced: Option<Ready>,
     busy_until: Time,
@@ -141,6 +246,64 @@ impl SimNode {
     pub fn is_up(&self) -> bool {
         self.raft.is_some()
     }
+
+    /// The snapshot the node is installing: adopted by its core, not yet synced to disk.
+    pub fn installing(&self) -> Option<&SnapshotMeta> {
+        self.unsynced.as_ref().and_then(|rd| rd.snapshot.as_ref())
+    }
+
+    fn new(disk: Disk) -> Self {
+        SimNode {
+            raft: None,
+            disk,
+            applied: Vec::new(),
+            sm: StateMachine::default(),
+            restored_from: 0,
+            installs: 0,
+            compactions: 0,
+            received: BTreeMap::new(),
+            unsynced: None,
+            busy_until: 0,
+            deferred: Vec::new(),
+            restarts: 0,
+        }
+    }
+}
+
+/// Snapshot traffic counters of a simulation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// `InstallSnapshot` requests the leaders' cores emitted.
+    pub requested: u64,
+    /// Transfers put on the wire (duplicates included).
+    pub sent: u64,
+    /// Transfers lost (dropped, blocked link, or receiver down).
+    pub lost: u64,
+    /// Transfers whose data reached a running receiver.
+    pub delivered: u64,
+    /// Outcomes reported to the sending core, successful and failed.
+    pub reports_ok: u64,
+    /// Failed outcomes reported.
+    pub reports_failed: u64,
+    /// Snapshots installed (restored into a state machine).
+    pub installs: u64,
+    /// Log compactions.
+    pub compactions: u64,
+}
+
+/// A snapshot's data on its way from a leader to a follower.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// The sender.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// The sender's term when its core asked for the transfer.
+    pub term: Term,
+    /// When it arrives.
+    pub at: Time,
+    /// The image.
+    pub snapshot: Snapshot,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +312,10 @@ enum Event {
     Tick(NodeId, u64),
     Deliver(u64),
     DiskDone(NodeId),
+    /// A snapshot transfer arrives.
+    SnapshotData(u64),
+    /// The outcome of a transfer reaches the sender (leader, its incarnation, peer, ok).
+    SnapshotReport(NodeId, u64, NodeId, bool),
 }
 
 /// A proposal the simulator made on behalf of a client.
@@ -187,6 +354,10 @@ pub struct Sim {
     events_run: u64,
     membership: Membership,
     reads_done: BTreeMap<NodeId, Vec<(u64, Option<Index>)>>,
+    /// The reference state machine digest after each index.
+    digests: BTreeMap<Index, u64>,
+    transfers: BTreeMap<u64, Transfer>,
+    snap_stats: SnapshotStats,
 }
 
 impl Sim {
@@ -213,6 +384,9 @@ impl Sim {
             events_run: 0,
             membership: membership.clone(),
             reads_done: BTreeMap::new(),
+            digests: BTreeMap::new(),
+            transfers: BTreeMap::new(),
+            snap_stats: SnapshotStats::default(),
         };
         for id in ids {
             let disk = Disk {
@@ -223,18 +397,7 @@ impl Sim {
                 },
                 ..Default::default()
             };
-            sim.nodes.insert(
-                id,
-                SimNode {
-                    raft: None,
-                    disk,
-                    applied: Vec::new(),
-                    unsynced: None,
-                    busy_until: 0,
-                    deferred: Vec::new(),
-                    restarts: 0,
-                },
-            );
+            sim.nodes.insert(id, SimNode::new(disk));
             sim.start_node(id);
         }
         sim
@@ -270,17 +433,29 @@ impl Sim {
         let restarts = self.nodes[&id].restarts;
         let cfg = self.node_config(id, restarts);
         let node = self.nodes.get_mut(&id).expect("known node");
+        // The state machine comes back from its latest image; the core hands out the
+        // committed entries after it (the tail), not the whole log.
+        node.sm = node
+            .disk
+            .image
+            .as_ref()
+            .map(|i| i.state.clone())
+            .unwrap_or_default();
+        node.restored_from = node.sm.index;
         let restore = Restore {
             hard_state: node.disk.hard_state,
             snapshot: node.disk.snapshot.clone(),
             entries: node.disk.entries.clone(),
-            applied: 0,
+            applied: node.sm.index,
         };
         node.raft = Some(RaftNode::new(cfg, restore).expect("valid sim config"));
         node.applied.clear();
+        node.received.clear();
         node.unsynced = None;
         node.deferred.clear();
         node.busy_until = 0;
+        let (index, digest) = (node.sm.index, node.sm.digest);
+        self.check_digest(id, index, digest);
         // Nodes tick at staggered offsets so they are not in lockstep.
         let offset = self.rng.below(self.opts.tick_us.max(1));
         self.schedule(self.now + offset, Event::Tick(id, restarts));
@@ -346,7 +521,37 @@ impl Sim {
             node.unsynced = None;
             node.deferred.clear();
             node.applied.clear();
+            node.received.clear();
         }
+    }
+
+    /// Add a node that starts empty: no log and no configuration, so it learns
+    /// everything (its membership included) from a leader once a configuration that
+    /// contains it is proposed.
+    pub fn add_node(&mut self, id: NodeId) {
+        assert!(
+            id != 0 && !self.nodes.contains_key(&id),
+            "node {id} already exists"
+        );
+        self.nodes.insert(id, SimNode::new(Disk::default()));
+        self.start_node(id);
+    }
+
+    /// Propose a configuration change on node `id` and process the resulting ready.
+    pub fn propose_membership(
+        &mut self,
+        id: NodeId,
+        next: Membership,
+    ) -> Result<(Index, Term), ProposeError> {
+        let raft = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|n| n.raft.as_mut())
+            .ok_or(ProposeError::NotLeader { leader: None })?;
+        let r = raft.propose_membership(next)?;
+        self.process_ready(id);
+        self.check_invariants();
+        Ok(r)
     }
 
     /// Restart a crashed node from its disk.
@@ -493,6 +698,16 @@ impl Sim {
                 }
             }
             Event::DiskDone(id) => self.finish_ready(id),
+            Event::SnapshotData(tid) => {
+                if self.hold {
+                    self.schedule(self.now + self.opts.tick_us, Event::SnapshotData(tid));
+                    return true;
+                }
+                if let Some(t) = self.transfers.remove(&tid) {
+                    self.receive_snapshot(t);
+                }
+            }
+            ev @ Event::SnapshotReport(leader, ..) => self.input(leader, ev),
         }
         if self.opts.full_check_every > 0 && self.events_run.is_multiple_of(self.opts.full_check_every) {
             self.check_log_matching();
@@ -526,18 +741,44 @@ impl Sim {
         self.run_until(us, |_| false);
     }
 
-    /// Run until some node is leader and every live node knows it; returns it.
+    /// Run until some node is leader and every live member of its configuration knows
+    /// it; returns it.
     pub fn run_until_leader(&mut self, max_us: Time) -> Option<NodeId> {
         self.run_until(max_us, |s| {
             s.leader().is_some_and(|l| {
-                let term = s.nodes[&l].raft().term();
-                s.nodes.values().filter(|n| n.is_up()).all(|n| {
-                    let r = n.raft();
-                    r.leader() == Some(l) && r.term() == term
-                })
+                let leader = s.nodes[&l].raft();
+                let term = leader.term();
+                let members = leader.membership().members();
+                s.nodes
+                    .iter()
+                    .filter(|(id, n)| n.is_up() && members.contains(id))
+                    .all(|(_, n)| {
+                        let r = n.raft();
+                        r.leader() == Some(l) && r.term() == term
+                    })
             })
         });
         self.leader()
+    }
+
+    /// Snapshot traffic so far.
+    pub fn snapshot_stats(&self) -> &SnapshotStats {
+        &self.snap_stats
+    }
+
+    /// Snapshot transfers on the wire, in arrival order.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        let mut v: Vec<Transfer> = self.transfers.values().cloned().collect();
+        v.sort_by_key(|t| t.at);
+        v
+    }
+
+    /// The reference state machine digest after `index`, if some node applied it.
+    pub fn reference_digest(&self, index: Index) -> Option<u64> {
+        if index == 0 {
+            return Some(0);
+        }
+        self.digests.get(&index).copied()
     }
 
     fn input(&mut self, id: NodeId, ev: Event) {
@@ -552,12 +793,43 @@ impl Sim {
             node.deferred.push(ev);
             return;
         }
-        match ev {
-            Event::Tick(..) => node.raft_mut().tick(),
-            Event::Deliver(_) => {}
-            Event::DiskDone(_) => {}
-        }
+        self.apply_input(id, ev);
         self.process_ready(id);
+    }
+
+    /// Hand one input to a running, idle node's core (without taking its ready).
+    fn apply_input(&mut self, id: NodeId, ev: Event) {
+        match ev {
+            Event::Tick(..) => {
+                if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+                    r.tick();
+                }
+            }
+            Event::Deliver(mid) => {
+                if let Some(m) = self.wire.remove(&mid) {
+                    if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+                        r.step(m.msg);
+                    }
+                }
+            }
+            Event::SnapshotReport(_, incarnation, peer, ok) => {
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return;
+                };
+                if node.restarts != incarnation {
+                    return;
+                }
+                if let Some(r) = node.raft.as_mut() {
+                    r.report_snapshot(peer, ok);
+                    if ok {
+                        self.snap_stats.reports_ok += 1;
+                    } else {
+                        self.snap_stats.reports_failed += 1;
+                    }
+                }
+            }
+            Event::DiskDone(_) | Event::SnapshotData(_) => {}
+        }
     }
 
     fn deliver_msg(&mut self, msg: Message) {
@@ -632,9 +904,22 @@ impl Sim {
             return;
         }
         node.busy_until = 0;
+        let mut restored = None;
         if let Some(meta) = &rd.snapshot {
-            node.disk.snapshot = meta.clone();
-            node.disk.entries.clear();
+            // The image arrived before the core adopted it; it becomes durable with the
+            // snapshot point, in this one write.
+            let image = node.received.remove(&meta.index);
+            let image = match image {
+                Some(i) if i.meta == *meta => i,
+                _ => panic!(
+                    "node {id} installed snapshot {} that its driver never received (seed {})",
+                    meta.index, self.seed
+                ),
+            };
+            node.received.retain(|&i, _| i > meta.index);
+            node.disk.set_snapshot_point(meta);
+            node.disk.image = Some(image.clone());
+            restored = Some(image.state);
         }
         node.disk.write(rd.hard_state, &rd.entries);
         let committed = rd.committed;
@@ -646,36 +931,168 @@ impl Sim {
         for m in rd.persisted_messages {
             self.send(m);
         }
+        if let Some(state) = restored {
+            let node = self.nodes.get_mut(&id).expect("known node");
+            assert!(
+                state.index > node.sm.index,
+                "node {id} restored snapshot {} over state {} (seed {})",
+                state.index,
+                node.sm.index,
+                self.seed
+            );
+            node.sm = state;
+            node.installs += 1;
+            self.snap_stats.installs += 1;
+            let (index, digest) = (node.sm.index, node.sm.digest);
+            self.check_digest(id, index, digest);
+        }
         for e in committed {
             self.on_apply(id, e);
         }
+        self.maybe_compact(id);
         for r in reads {
             self.reads_done.entry(id).or_default().push((r.ctx, r.index));
         }
         // Inputs that waited for the write.
         let deferred = std::mem::take(&mut self.nodes.get_mut(&id).expect("known node").deferred);
         for ev in deferred {
-            match ev {
-                Event::Tick(..) => {
-                    if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
-                        r.tick();
-                    }
-                }
-                Event::Deliver(mid) => {
-                    if let Some(m) = self.wire.remove(&mid) {
-                        if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
-                            r.step(m.msg);
-                        }
-                    }
-                }
-                Event::DiskDone(_) => {}
-            }
+            self.apply_input(id, ev);
         }
         self.process_ready(id);
         self.check_invariants();
     }
 
+    /// The driver's compaction policy: once the state machine is `snapshot_every`
+    /// entries past its latest image, take a new image (durable at once) and compact
+    /// the log to `snapshot_keep` entries behind it.
+    fn maybe_compact(&mut self, id: NodeId) {
+        let every = self.opts.snapshot_every;
+        let keep = self.opts.snapshot_keep;
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let image_index = node.disk.image.as_ref().map_or(0, |i| i.meta.index);
+        if every == 0 || node.sm.index < image_index + every {
+            return;
+        }
+        let Some(raft) = node.raft.as_mut() else { return };
+        let Some(meta) = raft.snapshot_meta(node.sm.index) else {
+            return;
+        };
+        node.disk.image = Some(Snapshot {
+            meta,
+            state: node.sm.clone(),
+        });
+        if let Some(point) = raft.compact(node.sm.index.saturating_sub(keep)) {
+            node.disk.set_snapshot_point(&point);
+            node.compactions += 1;
+            self.snap_stats.compactions += 1;
+        }
+    }
+
+    /// A leader's core asked for a snapshot to be sent: stream the latest image as a
+    /// transfer of its own, which the network may lose, delay or duplicate.
+    fn start_transfer(&mut self, msg: Message) {
+        let MessageBody::InstallSnapshot { meta } = &msg.body else {
+            return;
+        };
+        self.snap_stats.requested += 1;
+        let Some(sender) = self.nodes.get(&msg.from) else {
+            return;
+        };
+        let incarnation = sender.restarts;
+        let snapshot = match &sender.disk.image {
+            Some(img) if img.meta.index >= meta.index => img.clone(),
+            _ => panic!(
+                "node {} asked to send snapshot {} but its latest image is older (seed {})",
+                msg.from, meta.index, self.seed
+            ),
+        };
+        let lost = self.blocked.contains(&(msg.from, msg.to))
+            || !self.nodes.contains_key(&msg.to)
+            || (self.opts.drop_rate > 0.0 && self.rng.chance(self.opts.drop_rate))
+            || (self.opts.snapshot_drop_rate > 0.0 && self.rng.chance(self.opts.snapshot_drop_rate));
+        let (lo, hi) = self.opts.snapshot_us;
+        if lost {
+            self.snap_stats.lost += 1;
+            // Half the time the sender's transport notices the broken stream and says
+            // so; otherwise the core's snapshot timeout has to.
+            if self.rng.chance(0.5) {
+                let at = self.now + hi;
+                self.schedule(at, Event::SnapshotReport(msg.from, incarnation, msg.to, false));
+            }
+            return;
+        }
+        let copies = if self.opts.dup_rate > 0.0 && self.rng.chance(self.opts.dup_rate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let at = self.now + self.rng.between(lo, hi);
+            let tid = self.schedule(at, Event::SnapshotData(0));
+            self.events.insert(tid, Event::SnapshotData(tid));
+            self.transfers.insert(
+                tid,
+                Transfer {
+                    from: msg.from,
+                    to: msg.to,
+                    term: msg.term,
+                    at,
+                    snapshot: snapshot.clone(),
+                },
+            );
+            self.snap_stats.sent += 1;
+        }
+    }
+
+    /// A transfer arrived: the receiver's driver keeps the data and steps
+    /// `InstallSnapshot` into its core; the sender learns that the stream completed.
+    fn receive_snapshot(&mut self, t: Transfer) {
+        let incarnation = self.nodes.get(&t.from).map_or(0, |n| n.restarts);
+        let ack_lat = self.rng.between(self.opts.latency_us.0, self.opts.latency_us.1);
+        let up = self.nodes.get(&t.to).is_some_and(|n| n.is_up());
+        if !up {
+            self.snap_stats.lost += 1;
+            self.schedule(
+                self.now + ack_lat,
+                Event::SnapshotReport(t.from, incarnation, t.to, false),
+            );
+            return;
+        }
+        self.snap_stats.delivered += 1;
+        let meta = t.snapshot.meta.clone();
+        let node = self.nodes.get_mut(&t.to).expect("known node");
+        node.received.insert(meta.index, t.snapshot);
+        // The report travels back over the network too; it may be lost.
+        if !(self.opts.drop_rate > 0.0 && self.rng.chance(self.opts.drop_rate)) {
+            self.schedule(
+                self.now + ack_lat,
+                Event::SnapshotReport(t.from, incarnation, t.to, true),
+            );
+        }
+        self.deliver_msg(Message {
+            from: t.from,
+            to: t.to,
+            term: t.term,
+            body: MessageBody::InstallSnapshot { meta },
+        });
+        // Data the core will not adopt (stale, or its log already held it) is dropped.
+        if let Some(node) = self.nodes.get_mut(&t.to) {
+            let commit = node.raft.as_ref().map_or(0, |r| r.commit_index());
+            let pending = node
+                .unsynced
+                .as_ref()
+                .and_then(|rd| rd.snapshot.as_ref())
+                .map(|m| m.index);
+            node.received.retain(|&i, _| i > commit || Some(i) == pending);
+        }
+    }
+
     fn send(&mut self, msg: Message) {
+        if let MessageBody::InstallSnapshot { .. } = msg.body {
+            return self.start_transfer(msg);
+        }
         if self.blocked.contains(&(msg.from, msg.to)) || !self.nodes.contains_key(&msg.to) {
             return;
         }
@@ -729,7 +1146,43 @@ impl Sim {
         }
     }
 
+    /// State machine safety across snapshots: a node's state at `index` is the
+    /// reference state there.
+    fn check_digest(&mut self, id: NodeId, index: Index, digest: u64) {
+        if index == 0 {
+            assert_eq!(
+                digest, 0,
+                "node {id} has a non-empty state at index 0 (seed {})",
+                self.seed
+            );
+            return;
+        }
+        match self.digests.get(&index) {
+            Some(&d) => assert_eq!(
+                d, digest,
+                "state machine safety violated: node {id} has a different state at index {index} (seed {})",
+                self.seed
+            ),
+            None => {
+                self.digests.insert(index, digest);
+            }
+        }
+    }
+
     fn on_apply(&mut self, id: NodeId, e: Entry) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            assert_eq!(
+                node.sm.index + 1,
+                e.index,
+                "node {id} applied entry {} right after state {} (seed {})",
+                e.index,
+                node.sm.index,
+                self.seed
+            );
+            node.sm.apply(&e);
+            let digest = node.sm.digest;
+            self.check_digest(id, e.index, digest);
+        }
         match self.applied_global.get(&e.index) {
             Some((t, p)) => assert!(
                 *t == e.term && *p == e.payload,
@@ -818,6 +1271,58 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Whether every running member of node `id`'s configuration has applied up to
+    /// `index`.
+    pub fn members_applied(&self, id: NodeId, index: Index) -> bool {
+        let Some(r) = self.nodes.get(&id).and_then(|n| n.raft.as_ref()) else {
+            return false;
+        };
+        r.membership().members().iter().all(|m| {
+            self.nodes
+                .get(m)
+                .is_some_and(|n| !n.is_up() || n.sm.index >= index)
+        })
+    }
+
+    /// Whether some node leads and every running member of its configuration has
+    /// applied up to `index`.
+    pub fn converged(&self, index: Index) -> bool {
+        self.leader().is_some_and(|l| self.members_applied(l, index))
+    }
+
+    /// End-of-run history check: the reference sequence has no gap up to `upto`, agrees
+    /// with every entry ever committed, and applies no command twice (every proposal's
+    /// payload is unique in the tests). Returns the number of commands applied.
+    pub fn check_history(&self, upto: Index) -> usize {
+        let mut seen = BTreeSet::new();
+        for index in 1..=upto {
+            let Some((term, payload)) = self.applied_global.get(&index) else {
+                panic!("no node applied index {index} (seed {})", self.seed);
+            };
+            if let Some((t, p)) = self.committed.get(&index) {
+                assert!(
+                    t == term && p == payload,
+                    "committed entry {index} differs from the applied one (seed {})",
+                    self.seed
+                );
+            }
+            if let EntryPayload::Normal(d) = payload {
+                assert!(
+                    seen.insert(d.clone()),
+                    "command {:?} at index {index} was applied twice (seed {})",
+                    d,
+                    self.seed
+                );
+            }
+        }
+        seen.len()
+    }
+
+    /// Every entry applied anywhere so far, by index: the reference sequence.
+    pub fn applied_entries(&self) -> &BTreeMap<Index, (Term, EntryPayload)> {
+        &self.applied_global
     }
 
     /// Every entry committed anywhere so far, by index.
