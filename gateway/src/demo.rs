@@ -29,6 +29,7 @@ use bank_app::client::{Client, ClientConfig, ClientError};
 use bank_app::protocol::Consistency;
 use bank_app::{AccountId, Rejection};
 use clap::Args;
+use gateway::init::{CA_CERT_FILE, SUMMARY_FILE};
 use gateway::status::{fetch_status, StatusReport};
 use gateway::{ClusterError, LocalCluster, LocalClusterOptions};
 use hdrhistogram::Histogram;
@@ -673,7 +674,7 @@ struct Demo<'a> {
     interrupted: CancellationToken,
     /// Dropped after the cluster (fields drop in declaration order).
     cluster: LocalCluster,
-    _tempdir: Option<tempfile::TempDir>,
+    tempdir: Option<tempfile::TempDir>,
     ca_pem: String,
 }
 
@@ -685,7 +686,15 @@ impl<'a> Demo<'a> {
         interrupted: CancellationToken,
     ) -> anyhow::Result<Demo<'a>> {
         let (tempdir, root) = match &args.dir {
-            Some(dir) => (None, dir.clone()),
+            Some(dir) => {
+                if dir.join(SUMMARY_FILE).exists() || dir.join(CA_CERT_FILE).exists() {
+                    bail!(
+                        "{} already holds a cluster; give --dir a new directory (or remove that one)",
+                        dir.display()
+                    );
+                }
+                (None, dir.clone())
+            }
             None => {
                 let t = tempfile::Builder::new()
                     .prefix("gateway-demo-")
@@ -723,7 +732,7 @@ impl<'a> Demo<'a> {
             console,
             interrupted,
             cluster,
-            _tempdir: tempdir,
+            tempdir,
             ca_pem,
         })
     }
@@ -916,6 +925,12 @@ impl<'a> Demo<'a> {
 
         let checks = self.final_check(&load, total_initial)?;
         self.summary(&load, elapsed, &failover, &catch_up, &checks);
+        if self.tempdir.is_none() {
+            println!(
+                "the nodes stop when the demo exits; {} keeps their configs, logs and data",
+                self.cluster.dir().display()
+            );
+        }
         let pass = checks.iter().all(|c| c.ok) && load.unexpected_rejections == 0;
         println!("{}", if pass { "PASS" } else { "FAIL" });
         Ok(pass)
