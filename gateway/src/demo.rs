@@ -271,14 +271,14 @@ enum Op {
 }
 
 impl Op {
-    /// A random write: 30% deposits, 20% withdrawals, 50% transfers, amounts up to
+    /// A random write: 25% deposits, 25% withdrawals, 50% transfers, amounts up to
     /// `max_amount` (so that some debits find too little money).
     fn random(rng: &mut Rng, accounts: u64, max_amount: u64) -> Op {
         let amount = 1 + rng.below(max_amount);
         let account = 1 + rng.below(accounts);
-        match rng.below(10) {
-            0..=2 => Op::Deposit { account, amount },
-            3..=4 => Op::Withdraw { account, amount },
+        match rng.below(4) {
+            0 => Op::Deposit { account, amount },
+            1 => Op::Withdraw { account, amount },
             _ => {
                 // A different account, uniformly among the others.
                 let to = 1 + (account + rng.below(accounts - 1)) % accounts;
