@@ -187,7 +187,7 @@ impl Console {
             ProgressDrawTarget::stdout_with_hz(10),
         );
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {msg}")
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:24}] {wide_msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
@@ -985,9 +985,11 @@ impl<'a> Demo<'a> {
             at(Instant::now())
         ));
         let t0 = Instant::now();
-        let _ = shared.killed_at.set(t0);
         shared.leader.store(0, Ordering::Relaxed);
         self.cluster.kill(killed)?;
+        // Marked once the process is reaped: a write sent after this cannot have been
+        // served by the old leader.
+        let _ = shared.killed_at.set(Instant::now());
 
         // A new leader counts once every survivor's /status names it (and it says it
         // leads); writes count once a write sent after the kill is acknowledged.

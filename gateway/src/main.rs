@@ -126,7 +126,7 @@ fn main() -> ExitCode {
         Cmd::InitCluster(args) => cmd_init(args),
         Cmd::IssueCert(args) => cmd_issue_cert(args),
         Cmd::Status(args) => cmd_status(args),
-        Cmd::Demo(args) => match demo::run(args) {
+        Cmd::Demo(args) => match demo_logging().and_then(|()| demo::run(args)) {
             Ok(true) => Ok(()),
             // The failed checks are on stdout already.
             Ok(false) => return ExitCode::FAILURE,
@@ -170,6 +170,15 @@ fn init_logging(format: LogFormat) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
     };
     installed.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// The demo's own log (its bank clients) goes to stderr only when asked for with
+/// `RUST_LOG`; the nodes log to their files in the cluster directory.
+fn demo_logging() -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_logging(LogFormat::Human)?;
+    }
+    Ok(())
 }
 
 fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
