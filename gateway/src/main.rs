@@ -1,4 +1,6 @@
-//! `gateway`: run a bank node, bootstrap a cluster, inspect a node.
+//! `gateway`: run a bank node, bootstrap a cluster, inspect a node, run the demo.
+
+mod demo;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -38,8 +40,9 @@ enum Cmd {
     IssueCert(IssueCertArgs),
     /// Show a node's status from its admin endpoint.
     Status(StatusArgs),
-    /// Start a local three-node cluster, drive bank traffic and kill the leader.
-    Demo(DemoArgs),
+    /// Start a local three-node cluster, drive bank traffic, kill the leader, and check
+    /// that every acknowledged operation survived. Exits 0 on pass, 1 on fail.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Args)]
@@ -116,9 +119,6 @@ struct StatusArgs {
     timeout_ms: u64,
 }
 
-#[derive(Args)]
-struct DemoArgs {}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -126,13 +126,19 @@ fn main() -> ExitCode {
         Cmd::InitCluster(args) => cmd_init(args),
         Cmd::IssueCert(args) => cmd_issue_cert(args),
         Cmd::Status(args) => cmd_status(args),
-        Cmd::Demo(_) => {
-            println!("demo lands after the client library merge");
-            Ok(())
-        }
+        Cmd::Demo(args) => match demo_logging().and_then(|()| demo::run(args)) {
+            Ok(true) => Ok(()),
+            // The failed checks are on stdout already.
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<demo::Interrupted>() => {
+            eprintln!("demo interrupted; its processes are stopped");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
@@ -164,6 +170,15 @@ fn init_logging(format: LogFormat) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
     };
     installed.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// The demo's own log (its bank clients) goes to stderr only when asked for with
+/// `RUST_LOG`; the nodes log to their files in the cluster directory.
+fn demo_logging() -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_logging(LogFormat::Human)?;
+    }
+    Ok(())
 }
 
 fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
