@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bank_app::client::{Client, ClientConfig};
 use bank_app::protocol::Consistency;
@@ -28,7 +28,8 @@ use tempfile::TempDir;
 
 use crate::binary::gateway_binary;
 use crate::relay::RelayMesh;
-use crate::wait::{try_wait_until, wait_until};
+use crate::wait::wait_until;
+use crate::workload::{History, Workload};
 
 /// Raft tick of the test clusters.
 pub const TICK_MS: u64 = 10;
@@ -365,14 +366,60 @@ impl Harness {
         accounts.iter().map(|&a| (a, initial)).collect()
     }
 
-    /// Waits until `cond` holds or `timeout` passes; returns how long it took.
-    pub fn time_until(
+    /// Starts `workers` concurrent clients writing to `accounts`, each trying node
+    /// `first` before the others (or the nodes in id order), and waits until the load
+    /// is going (100 operations applied).
+    pub fn start_load(
         &self,
-        timeout: Duration,
-        cond: impl FnMut() -> Result<(), String>,
-    ) -> Result<Duration, String> {
-        let started = Instant::now();
-        try_wait_until(timeout, cond).map(|()| started.elapsed())
+        accounts: &[AccountId],
+        workers: usize,
+        first: Option<NodeId>,
+        seed: u64,
+    ) -> Workload {
+        let nodes = match first {
+            Some(id) => self.client_addrs_from(id),
+            None => self.all_client_addrs(),
+        };
+        let clients = (0..workers).map(|_| self.client(nodes.clone())).collect();
+        let load = Workload::start(self.rt.handle(), clients, accounts.to_vec(), seed);
+        load.wait_applied(100, None, SOON);
+        load
+    }
+
+    /// Checks a finished workload against the cluster: no unexpected errors or
+    /// rejections, no write left with an unknown outcome, final (linearizable)
+    /// balances equal to the opening balances plus exactly the acknowledged
+    /// operations, and money conserved. Returns the final balances.
+    pub fn assert_history_matches(
+        &self,
+        history: &History,
+        initial: &BTreeMap<AccountId, u64>,
+    ) -> BTreeMap<AccountId, u64> {
+        println!("workload: {}", history.summary());
+        assert!(
+            history.failed().is_empty(),
+            "unexpected errors: {:?}",
+            history.failed()
+        );
+        assert!(
+            history.unexpected_rejections().is_empty(),
+            "unexpected rejections: {:?}",
+            history.unexpected_rejections()
+        );
+        assert!(
+            history.unknown().is_empty(),
+            "the clients' same-sequence retries should resolve every write, but these are unknown: {:?}",
+            history.unknown()
+        );
+        let accounts: Vec<AccountId> = initial.keys().copied().collect();
+        let observed = self.balances(&accounts);
+        if let Err(e) = history.check(initial, &observed) {
+            panic!("final balances do not match the acknowledged operations: {e}");
+        }
+        let total: i128 = observed.values().map(|&b| i128::from(b)).sum();
+        let expected_total: i128 = history.expected(initial).values().sum();
+        assert_eq!(total, expected_total, "money is conserved");
+        observed
     }
 }
 

@@ -113,7 +113,7 @@ pub fn random_op(rng: &mut SplitMix, accounts: &[AccountId]) -> Op {
         },
         _ => Op::Withdraw {
             account: pick(rng),
-            amount: rng.range(1, 50),
+            amount: rng.range(1, 100),
         },
     }
 }
@@ -212,6 +212,26 @@ impl Workload {
             .iter()
             .filter(|r| r.outcome == Outcome::Applied && r.started >= t)
             .count()
+    }
+
+    /// Waits until at least `n` operations that started at or after `since` (any
+    /// operation if `None`) have been applied; panics after `timeout`. Returns when.
+    pub fn wait_applied(&self, n: usize, since: Option<Instant>, timeout: Duration) -> Instant {
+        let what = match since {
+            Some(_) => format!("{n} operations applied since the fault"),
+            None => format!("{n} operations applied"),
+        };
+        crate::wait::wait_until(&what, timeout, || {
+            let got = match since {
+                Some(t) => self.applied_started_after(t),
+                None => self.applied(),
+            };
+            if got >= n {
+                Ok(Instant::now())
+            } else {
+                Err(format!("{got} so far"))
+            }
+        })
     }
 
     /// A copy of the history so far.

@@ -10,7 +10,7 @@ use bank_app::client::ClientError;
 use bank_app::AccountId;
 use integration_tests::harness::{serial, Harness, MAX_ELECTION_TIMEOUT, SOON};
 use integration_tests::wait::wait_until;
-use integration_tests::workload::{effect, random_op, History, SplitMix, Workload};
+use integration_tests::workload::{effect, random_op, SplitMix};
 
 /// Concurrent clients of the workloads.
 const WORKERS: usize = 4;
@@ -19,78 +19,20 @@ const FAILOVER_BOUND: Duration = Duration::from_secs(5);
 /// Bound on the workers' calls in flight when the load stops.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn start_load(h: &Harness, accounts: &[AccountId], seed: u64) -> Workload {
-    let clients = (0..WORKERS).map(|_| h.client(h.all_client_addrs())).collect();
-    let load = Workload::start(h.rt().handle(), clients, accounts.to_vec(), seed);
-    wait_until("the workload to get going", SOON, || {
-        let n = load.applied();
-        if n >= 100 {
-            Ok(())
-        } else {
-            Err(format!("{n} operations applied"))
-        }
-    });
-    load
-}
-
-fn wait_writes_after(load: &Workload, t: Instant, what: &str) {
-    wait_until(what, SOON, || {
-        let n = load.applied_started_after(t);
-        if n >= 50 {
-            Ok(())
-        } else {
-            Err(format!("{n} operations applied since"))
-        }
-    });
-}
-
-/// The history is clean and the cluster's balances are exactly what it implies.
-fn check_history(
-    h: &Harness,
-    history: &History,
-    initial: &BTreeMap<AccountId, u64>,
-) -> BTreeMap<AccountId, u64> {
-    println!("workload: {}", history.summary());
-    assert!(
-        history.failed().is_empty(),
-        "unexpected errors: {:?}",
-        history.failed()
-    );
-    assert!(
-        history.unexpected_rejections().is_empty(),
-        "unexpected rejections: {:?}",
-        history.unexpected_rejections()
-    );
-    assert!(
-        history.unknown().is_empty(),
-        "the clients' retries should resolve every write, but these are unknown: {:?}",
-        history.unknown()
-    );
-    let accounts: Vec<AccountId> = initial.keys().copied().collect();
-    let observed = h.balances(&accounts);
-    if let Err(e) = history.check(initial, &observed) {
-        panic!("final balances do not match the acknowledged operations: {e}");
-    }
-    let total: i128 = observed.values().map(|&b| i128::from(b)).sum();
-    let expected_total: i128 = history.expected(initial).values().sum();
-    assert_eq!(total, expected_total, "money is conserved");
-    observed
-}
-
 #[test]
 fn sigkill_of_the_leader_under_load_loses_no_acknowledged_operation() {
     let _serial = serial();
     let mut h = Harness::start(3);
     let old = h.wait_leader();
     let accounts: Vec<AccountId> = (1..=6).collect();
-    let initial = h.open_accounts(&accounts, 1_000_000);
-    let load = start_load(&h, &accounts, 0x5eed_0003);
+    let initial = h.open_accounts(&accounts, 200);
+    let load = h.start_load(&accounts, WORKERS, None, 0x5eed_0003);
 
     let killed_at = Instant::now();
     h.cluster.kill(old).expect("SIGKILL the leader");
     let new = h.cluster.wait_leader_other_than(old, SOON).expect("a new leader");
     let elected_after = killed_at.elapsed();
-    wait_writes_after(&load, killed_at, "writes to resume after the kill");
+    load.wait_applied(50, Some(killed_at), SOON);
     let history = load.stop(h.rt(), STOP_TIMEOUT);
 
     let first = history
@@ -104,7 +46,7 @@ fn sigkill_of_the_leader_under_load_loses_no_acknowledged_operation() {
     assert!(elected_after < FAILOVER_BOUND, "election took {elected_after:?}");
     assert!(write_gap < FAILOVER_BOUND, "writes resumed after {write_gap:?}");
 
-    let observed = check_history(&h, &history, &initial);
+    let observed = h.assert_history_matches(&history, &initial);
     h.assert_nodes_converged(&h.cluster.running(), &observed);
 
     // The killed node comes back from its disk and converges too.
@@ -195,9 +137,9 @@ fn sigstop_of_the_leader_under_load_is_survived_and_it_steps_down_after_sigcont(
     let mut h = Harness::start(3);
     let old = h.wait_leader();
     let accounts: Vec<AccountId> = (1..=6).collect();
-    let initial = h.open_accounts(&accounts, 1_000_000);
+    let initial = h.open_accounts(&accounts, 200);
     let old_term = h.status(old).expect("status").term;
-    let load = start_load(&h, &accounts, 0x5eed_0008);
+    let load = h.start_load(&accounts, WORKERS, None, 0x5eed_0008);
 
     let paused_at = Instant::now();
     h.cluster.pause(old).expect("SIGSTOP the leader");
@@ -206,7 +148,7 @@ fn sigstop_of_the_leader_under_load_is_survived_and_it_steps_down_after_sigcont(
         .wait_leader_other_than(old, SOON)
         .expect("a new leader while the old one is frozen");
     let elected_after = paused_at.elapsed();
-    wait_writes_after(&load, paused_at, "writes to resume while the leader is frozen");
+    load.wait_applied(50, Some(paused_at), SOON);
 
     let resumed_at = Instant::now();
     h.cluster.resume(old).expect("SIGCONT");
@@ -238,7 +180,40 @@ fn sigstop_of_the_leader_under_load_is_survived_and_it_steps_down_after_sigcont(
         "step-down took {stepped_down_after:?} (election timeout at most {MAX_ELECTION_TIMEOUT:?})"
     );
 
-    let observed = check_history(&h, &history, &initial);
+    let observed = h.assert_history_matches(&history, &initial);
     h.wait_leader();
     h.assert_nodes_converged(&h.cluster.node_ids(), &observed);
+}
+
+/// A client that was talking to a node keeps being served after that node restarts
+/// (here with stale reads pinned to that node, so nothing else can answer).
+#[test]
+#[ignore = "bank-app client bug: after the node it is connected to restarts, the client keeps using the dead \
+            QUIC connection until its 30 s idle timeout (a timed-out attempt does not drop the cached \
+            connection, and the client channel's stateless-reset key changes on restart)"]
+fn a_client_of_a_node_that_restarts_is_served_again_promptly() {
+    let _serial = serial();
+    let mut h = Harness::start(3);
+    let leader = h.wait_leader();
+    let follower = h
+        .cluster
+        .node_ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    h.open_accounts(&[1], 5);
+    let client = h.client(vec![h.client_addr(follower)]);
+    assert_eq!(h.block_on(client.balance_stale(1)), Ok(5));
+
+    h.cluster.restart(follower).expect("restart");
+    h.cluster.wait_ready(follower, SOON).expect("ready");
+    let restarted = Instant::now();
+    let read = h.block_on(async { tokio::time::timeout(FAILOVER_BOUND, client.balance_stale(1)).await });
+    println!("read after the restart: {read:?} after {:?}", restarted.elapsed());
+    assert_eq!(
+        read,
+        Ok(Ok(5)),
+        "served within {FAILOVER_BOUND:?} of the node being ready again"
+    );
+    h.block_on(client.close());
 }

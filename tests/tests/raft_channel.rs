@@ -7,7 +7,6 @@
 //! that talk to the old leader must end up served by the new one, no acknowledged
 //! write may be lost, and once healed the old leader must catch up.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bank_app::protocol::{RequestKind, ServerFrame, ServerReply};
@@ -15,7 +14,6 @@ use bank_app::{AccountId, Op, Request};
 use integration_tests::harness::{metric_sum, serial, Harness, SOON};
 use integration_tests::raw::RawConn;
 use integration_tests::wait::wait_until;
-use integration_tests::workload::{History, Workload};
 use raft::core::NodeId;
 
 const WORKERS: usize = 4;
@@ -43,38 +41,6 @@ fn refused_requests(h: &Harness, id: NodeId) -> f64 {
         .sum()
 }
 
-fn check_history(
-    h: &Harness,
-    history: &History,
-    initial: &BTreeMap<AccountId, u64>,
-) -> BTreeMap<AccountId, u64> {
-    println!("workload: {}", history.summary());
-    assert!(
-        history.failed().is_empty(),
-        "unexpected errors: {:?}",
-        history.failed()
-    );
-    assert!(
-        history.unexpected_rejections().is_empty(),
-        "{:?}",
-        history.unexpected_rejections()
-    );
-    assert!(
-        history.unknown().is_empty(),
-        "the clients' retries should resolve every write, but these are unknown: {:?}",
-        history.unknown()
-    );
-    let accounts: Vec<AccountId> = initial.keys().copied().collect();
-    let observed = h.balances(&accounts);
-    if let Err(e) = history.check(initial, &observed) {
-        panic!("final balances do not match the acknowledged operations: {e}");
-    }
-    let total: u64 = observed.values().sum();
-    let expected_total: i128 = history.expected(initial).values().sum();
-    assert_eq!(i128::from(total), expected_total, "money is conserved");
-    observed
-}
-
 fn cut_the_leader(cut: Cut) {
     let _serial = serial();
     let mut h = Harness::start_with_relays(3);
@@ -96,25 +62,11 @@ fn cut_the_leader(cut: Cut) {
     });
 
     let accounts: Vec<AccountId> = (1..=6).collect();
-    let initial = h.open_accounts(&accounts, 1_000_000);
+    let initial = h.open_accounts(&accounts, 200);
     let probe = h.client(h.client_addrs_from(old));
     assert_eq!(h.block_on(probe.open_account(PROBE, 0)), Ok(0));
     // Every worker's client starts with the old leader's address.
-    let clients = (0..WORKERS).map(|_| h.client(h.client_addrs_from(old))).collect();
-    let load = Workload::start(
-        h.rt().handle(),
-        clients,
-        accounts.clone(),
-        0x5eed_0005 + cut as u64,
-    );
-    wait_until("the workload to get going", SOON, || {
-        let n = load.applied();
-        if n >= 100 {
-            Ok(())
-        } else {
-            Err(format!("{n} applied"))
-        }
-    });
+    let load = h.start_load(&accounts, WORKERS, Some(old), 0x5eed_0005 + cut as u64);
     let old_term = h.status(old).expect("status").term;
     let refused_before = refused_requests(&h, old);
 
@@ -143,14 +95,7 @@ fn cut_the_leader(cut: Cut) {
     );
 
     // The workload, whose clients all started at the old leader, carries on.
-    wait_until("writes to resume after the cut", SOON, || {
-        let n = load.applied_started_after(cut_at);
-        if n >= 50 {
-            Ok(())
-        } else {
-            Err(format!("{n} applied since the cut"))
-        }
-    });
+    load.wait_applied(50, Some(cut_at), SOON);
     let resumed_after = cut_at.elapsed();
 
     // A client whose first address is the old leader's gets its write done: the
@@ -215,7 +160,7 @@ fn cut_the_leader(cut: Cut) {
     );
     assert!(elected_after < FAILOVER_BOUND, "election took {elected_after:?}");
     assert!(write_gap < FAILOVER_BOUND, "writes resumed after {write_gap:?}");
-    let mut observed = check_history(&h, &history, &initial);
+    let mut observed = h.assert_history_matches(&history, &initial);
     assert_eq!(
         h.balances(&[PROBE]),
         [(PROBE, 7)].into(),
