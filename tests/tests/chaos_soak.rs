@@ -87,7 +87,7 @@ fn plan(seed: u64) -> Vec<Fault> {
 #[test]
 fn mixed_faults_under_load_lose_no_acknowledged_operation() {
     let _serial = serial();
-    let seed = env_u64("CHAOS_SEED").unwrap_or(0x0c4a_05);
+    let seed = env_u64("CHAOS_SEED").unwrap_or(0xc4a05);
     let faults = plan(seed);
     println!("chaos soak: seed {seed}, {} rounds: {faults:?}", faults.len());
 
