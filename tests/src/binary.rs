@@ -73,3 +73,32 @@ pub fn gateway_binary() -> PathBuf {
         Err(e) => panic!("{e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_profiles_of_the_test_executables_target_directory_are_searched() {
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/<test>
+        let target = exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .expect("target dir");
+        let c = candidates();
+        for profile in ["release", "debug"] {
+            let p = target.join(profile).join(BINARY_NAME);
+            assert!(c.contains(&p), "{} not among {c:?}", p.display());
+        }
+        let own = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("profile dir")
+            .join(BINARY_NAME);
+        let pos = |p: &PathBuf| c.iter().position(|x| x == p);
+        assert!(pos(&own) <= pos(&target.join("debug").join(BINARY_NAME)));
+        assert!(pos(&own) <= pos(&target.join("release").join(BINARY_NAME)));
+    }
+}
