@@ -612,13 +612,17 @@ impl Client {
             let now = Instant::now();
             let budget = cfg.request_timeout.min(deadline.saturating_duration_since(now));
             let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let received_before = self.datagrams_received(target);
             let attempt = tokio::time::timeout(budget, self.attempt(target, id, kind.clone())).await;
             // `move_on`: the next attempt goes to another node.
             let (err, move_on) = match attempt {
-                Err(_) => (
-                    ClientError::Timeout(format!("{target}: no answer within {budget:?}")),
-                    true,
-                ),
+                Err(_) => {
+                    self.drop_if_silent(target, received_before).await;
+                    (
+                        ClientError::Timeout(format!("{target}: no answer within {budget:?}")),
+                        true,
+                    )
+                }
                 Ok(Err(e @ (ClientError::Unauthorized(_) | ClientError::Tls(_)))) => return Err(e),
                 Ok(Err(e)) => (e, true),
                 Ok(Ok(reply)) => match reply {
@@ -773,6 +777,31 @@ impl Client {
             .map_err(|_| ClientError::Timeout(format!("{target}: no connection within {timeout:?}")))??;
         *guard = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// The cached connection to `target` and how many datagrams it has received.
+    fn datagrams_received(&self, target: SocketAddr) -> Option<(Connection, u64)> {
+        let slot = self.lock_conns().get(&target).cloned()?;
+        let guard = slot.try_lock().ok()?;
+        let conn = guard.as_ref()?.clone();
+        let received = conn.stats().udp_rx.datagrams;
+        Some((conn, received))
+    }
+
+    /// After an attempt timed out: if the connection it used received nothing at all
+    /// meanwhile (not even an acknowledgement of the request), the node is gone (it
+    /// crashed, or restarted and lost the connection), so the connection is closed and
+    /// forgotten and the next attempt dials afresh, instead of waiting out the idle
+    /// timeout. A connection that is merely slow to answer is kept.
+    async fn drop_if_silent(&self, target: SocketAddr, before: Option<(Connection, u64)>) {
+        let Some((conn, received)) = before else {
+            return;
+        };
+        if conn.stats().udp_rx.datagrams == received {
+            tracing::debug!(%target, "the connection received nothing during a timed-out attempt; dropping it");
+            conn.close(VarInt::from_u32(codes::NORMAL), b"unresponsive");
+            self.drop_connection(target, &conn).await;
+        }
     }
 
     async fn drop_connection(&self, target: SocketAddr, dead: &Connection) {

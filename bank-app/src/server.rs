@@ -273,7 +273,20 @@ impl BankServer {
         }
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
         server.transport_config(Arc::new(transport_config()?));
-        let endpoint = Endpoint::server(server, cfg.listen)?;
+        // Reset keys that survive a restart: clients of the node before it restarted
+        // get a stateless reset on their next packet and reconnect at once.
+        let endpoint_config = raft::transport::restart_stable_endpoint_config(
+            "bank/1 client channel keys",
+            raft.id(),
+            &cfg.key_pem,
+        );
+        let socket = std::net::UdpSocket::bind(cfg.listen)?;
+        let endpoint = Endpoint::new(
+            endpoint_config,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         let local_addr = endpoint.local_addr()?;
         let shared = Arc::new(Shared {
             node_id: raft.id(),

@@ -11,11 +11,9 @@
 //! * `CHAOS_SOAK=1` (or `true`): a long soak of 60 rounds; `CHAOS_SOAK=N` with
 //!   `N > 1`: `N` rounds. `0` or unset: the short default.
 //! * `CHAOS_SEED=S`: the seed of the fault order and of the workload (printed).
-//! * `CHAOS_KEEP_CLIENTS=1`: one set of clients for the whole run instead of a fresh
-//!   set per round. Known to fail today: a client that talked to a node before that
-//!   node restarted keeps using the dead connection for 30 s (see the ignored test
-//!   `a_client_of_a_node_that_restarts_is_served_again_promptly` in `failover.rs`).
-//!   Once the client library is fixed, this should become the default.
+//! * `CHAOS_FRESH_CLIENTS=1`: a fresh set of clients each round instead of one set of
+//!   clients for the whole run (the default, which also checks that clients survive
+//!   the restarts and failovers of the nodes they talk to).
 
 use std::time::{Duration, Instant};
 
@@ -95,7 +93,7 @@ fn mixed_faults_under_load_lose_no_acknowledged_operation() {
     h.wait_leader();
     let accounts: Vec<AccountId> = (1..=8).collect();
     let initial = h.open_accounts(&accounts, 200);
-    let keep_clients = env_u64("CHAOS_KEEP_CLIENTS").unwrap_or(0) != 0;
+    let keep_clients = env_u64("CHAOS_FRESH_CLIENTS").unwrap_or(0) == 0;
     let mut history = History::default();
     let mut load: Option<Workload> = None;
     let started = Instant::now();

@@ -22,7 +22,9 @@ pub mod tls;
 pub use fault::{Faults, FaultyTransport};
 pub use frame::{FrameError, DEFAULT_MAX_FRAME_LEN};
 pub use memory::{MemNetwork, MemTransport};
-pub use quic::{InboundStats, PeerStatus, QuicConfig, QuicTransport, TransportError};
+pub use quic::{
+    restart_stable_endpoint_config, InboundStats, PeerStatus, QuicConfig, QuicTransport, TransportError,
+};
 pub use tls::{node_id_from_cert, node_server_name, TlsError, TlsMaterial};
 
 /// Outgoing half of a peer transport.

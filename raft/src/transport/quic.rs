@@ -285,24 +285,30 @@ fn transport_config(
     Ok(t)
 }
 
-/// Keys of the endpoint's stateless reset tokens and connection id generator, derived
-/// from the node's private key so that they survive restarts. When a node crashes and
-/// comes back on the same address, its peers' packets on the old connections carry
-/// connection ids it recognises as its own and are answered with stateless resets the
-/// peers accept, so they reconnect at once instead of waiting out the idle timeout.
-fn restart_stable_keys(node_id: NodeId, tls: &TlsMaterial) -> (Arc<dyn quinn::crypto::HmacKey>, u64) {
+/// An endpoint configuration whose stateless-reset key and connection-id generator
+/// are derived from `key_pem` (a node's private key) and `label` (one per channel),
+/// so that they survive restarts. When a node crashes and comes back on the same
+/// address, packets of its old connections carry connection ids it recognises as its
+/// own and are answered with stateless resets the other side accepts, so that side
+/// reconnects at once instead of waiting out the idle timeout. Used by the Raft
+/// channel and by applications' client channels (each with its own label).
+pub fn restart_stable_endpoint_config(label: &str, node_id: NodeId, key_pem: &str) -> quinn::EndpointConfig {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"raft/1 quic endpoint keys\0");
+    ctx.update(label.as_bytes());
+    ctx.update(b"\0");
     ctx.update(&node_id.to_be_bytes());
-    ctx.update(tls.key_pem.as_bytes());
+    ctx.update(key_pem.as_bytes());
     let secret = ctx.finish();
     let (reset, cid) = secret.as_ref().split_at(24);
     let mut cid_key = [0u8; 8];
     cid_key.copy_from_slice(cid);
-    (
-        Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset)),
-        u64::from_le_bytes(cid_key),
-    )
+    let cid_key = u64::from_le_bytes(cid_key);
+    let reset_key: Arc<dyn quinn::crypto::HmacKey> =
+        Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset));
+    let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
+    endpoint_config
+        .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    endpoint_config
 }
 
 /// The node id named by a connection's peer certificate.
@@ -352,10 +358,8 @@ impl QuicTransport {
         )?));
 
         let socket = std::net::UdpSocket::bind(config.listen)?;
-        let (reset_key, cid_key) = restart_stable_keys(config.node_id, &config.tls);
-        let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
-        endpoint_config
-            .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+        let endpoint_config =
+            restart_stable_endpoint_config("raft/1 quic endpoint keys", config.node_id, &config.tls.key_pem);
         let mut endpoint = {
             let _guard = handle.enter();
             Endpoint::new(
