@@ -9,7 +9,7 @@
 //! configurations.
 
 use raft::core::{EntryPayload, Membership, NodeId, ProposeError, Role};
-use raft::sim::{Sim, SimOptions};
+use raft::sim::{Proposal, Sim, SimOptions};
 
 const SECOND: u64 = 1_000_000;
 
@@ -77,6 +77,11 @@ fn change(sim: &mut Sim, change: impl Fn(&Membership) -> Membership) -> (Members
 
 /// Propose `count` commands through whoever leads. Returns the last accepted index.
 fn workload(sim: &mut Sim, tag: &str, count: usize) -> u64 {
+    workload_tracked(sim, tag, count, &mut Vec::new())
+}
+
+/// [`workload`], recording every accepted proposal in `proposals`.
+fn workload_tracked(sim: &mut Sim, tag: &str, count: usize, proposals: &mut Vec<Proposal>) -> u64 {
     let mut last = 0;
     let mut sent = 0;
     let mut attempts = 0;
@@ -87,6 +92,7 @@ fn workload(sim: &mut Sim, tag: &str, count: usize) -> u64 {
             Some(l) => {
                 if let Some(p) = sim.propose(l, format!("{tag}-{sent}").into_bytes()) {
                     last = p.index;
+                    proposals.push(p);
                     sent += 1;
                 }
                 sim.run_for(2_000);
@@ -221,8 +227,9 @@ fn replace_a_node_under_workload_partitions_and_crashes() {
             ..compacting()
         };
         let mut sim = Sim::new(3, 40 + seed, opts);
+        let mut proposals = Vec::new();
         sim.run_until_leader(5 * SECOND).expect("a leader");
-        workload(&mut sim, "w0", 60);
+        workload_tracked(&mut sim, "w0", 60, &mut proposals);
 
         // A follower is cut off while the new node joins as a learner.
         let leader = sim.leader().expect("a leader");
@@ -230,7 +237,7 @@ fn replace_a_node_under_workload_partitions_and_crashes() {
         sim.isolate(cut);
         sim.add_node(4);
         change(&mut sim, add_learner(4));
-        workload(&mut sim, "w1", 40);
+        workload_tracked(&mut sim, "w1", 40, &mut proposals);
         sim.heal();
 
         // Wait for the learner to catch up (by snapshot: the log is compacted), with a
@@ -249,13 +256,13 @@ fn replace_a_node_under_workload_partitions_and_crashes() {
             "seed {seed}: the learner needed a snapshot"
         );
         change(&mut sim, promote(4));
-        workload(&mut sim, "w2", 30);
+        workload_tracked(&mut sim, "w2", 30, &mut proposals);
 
         // Remove node 1 (possibly the leader) while node 2 is partitioned for a while.
         sim.isolate(2);
         let (next, _) = change(&mut sim, remove(1));
         assert_eq!(next.voters.iter().copied().collect::<Vec<_>>(), vec![2, 3, 4]);
-        workload(&mut sim, "w3", 20);
+        workload_tracked(&mut sim, "w3", 20, &mut proposals);
         sim.heal();
         let (leader, last) = settle(&mut sim, "end");
         assert_ne!(leader, 1, "seed {seed}: the removed node leads");
@@ -267,7 +274,36 @@ fn replace_a_node_under_workload_partitions_and_crashes() {
             assert_eq!(sim.nodes[&id].raft().membership(), &next);
         }
         sim.check_log_matching();
-        assert!(sim.check_history(last) >= 150);
+        let applied = sim.check_history(last);
+        // A proposal accepted by a leader is applied at its index, or lost because a
+        // later leader put another entry in its slot (here: proposals a leader took
+        // just before being cut off); never anything else.
+        let mut lost = 0;
+        for p in &proposals {
+            match sim.applied_entries().get(&p.index) {
+                Some((term, EntryPayload::Normal(data))) if *term == p.term => {
+                    assert_eq!(
+                        data, &p.data,
+                        "seed {seed}: index {} holds another command",
+                        p.index
+                    )
+                }
+                Some((term, _)) => {
+                    assert_ne!(
+                        *term, p.term,
+                        "seed {seed}: index {} changed within a term",
+                        p.index
+                    );
+                    lost += 1;
+                }
+                None => panic!("seed {seed}: index {} was never applied", p.index),
+            }
+        }
+        assert!(
+            applied >= proposals.len() - lost,
+            "seed {seed}: {applied} commands applied"
+        );
+        assert!(lost <= 5, "seed {seed}: {lost} proposals lost to leader changes");
     }
 }
 
@@ -362,4 +398,29 @@ fn removed_node_with_a_higher_term_does_not_disrupt_the_cluster() {
 #[test]
 fn removed_node_with_pre_vote_does_not_disrupt_the_cluster() {
     removed_node_comes_back(true);
+}
+
+/// Between appending a configuration that removes it and stepping down, a leader
+/// takes no new commands (they could be lost with it); it says to retry elsewhere.
+#[test]
+fn a_leader_that_is_removing_itself_refuses_new_commands() {
+    let mut sim = Sim::new(3, 5, compacting());
+    let old = sim.run_until_leader(5 * SECOND).expect("a leader");
+    workload(&mut sim, "before", 10);
+    let next = remove(old)(sim.nodes[&old].raft().membership());
+    let (index, _) = sim.propose_membership(old, next).expect("removal proposed");
+    // Still the leader: the removal is appended, not yet committed.
+    assert_eq!(sim.nodes[&old].raft().role(), Role::Leader);
+    assert!(sim.nodes[&old].raft().commit_index() < index);
+    assert_eq!(
+        sim.nodes
+            .get_mut(&old)
+            .expect("node")
+            .raft_mut()
+            .propose("late".into()),
+        Err(ProposeError::TransferInProgress)
+    );
+    // The removal commits and another node takes over and serves.
+    assert!(sim.run_until(SECOND, |s| s.leader().is_some_and(|l| l != old)));
+    workload(&mut sim, "after", 5);
 }

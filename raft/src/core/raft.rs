@@ -735,6 +735,12 @@ impl RaftNode {
         if self.transfer.is_some() {
             return Err(ProposeError::TransferInProgress);
         }
+        if !self.membership.is_voter(self.id) {
+            // This leader appended a configuration that removes it: it steps down as
+            // soon as that commits, and what it accepted meanwhile could be lost with
+            // it. New commands wait for the next leader.
+            return Err(ProposeError::TransferInProgress);
+        }
         Ok(())
     }
 
