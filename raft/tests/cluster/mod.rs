@@ -167,6 +167,12 @@ impl Cluster {
 
     /// `n` nodes over real QUIC on 127.0.0.1 with mutual TLS and redb stores.
     pub async fn quic(n: u64) -> Cluster {
+        Self::quic_with(n, false).await
+    }
+
+    /// `n` nodes over real QUIC; with `memory_stores`, in-memory stores instead of
+    /// redb files (to measure what the disk costs).
+    pub async fn quic_with(n: u64, memory_stores: bool) -> Cluster {
         let faults = Faults::new();
         let ca = ClusterCa::generate().expect("ca");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -194,12 +200,19 @@ impl Cluster {
             net: Net::Quic { ca, dir },
         };
         for (&id, &addr) in &addrs {
-            cluster.start_quic_node(id, addr, &addrs).await;
+            let mem = memory_stores.then(MemStore::new);
+            cluster.start_quic_node(id, addr, &addrs, mem).await;
         }
         cluster
     }
 
-    async fn start_quic_node(&mut self, id: NodeId, addr: SocketAddr, addrs: &BTreeMap<NodeId, SocketAddr>) {
+    async fn start_quic_node(
+        &mut self,
+        id: NodeId,
+        addr: SocketAddr,
+        addrs: &BTreeMap<NodeId, SocketAddr>,
+        mem_store: Option<MemStore>,
+    ) {
         let Net::Quic { ca, dir } = &self.net else {
             unreachable!()
         };
@@ -217,13 +230,19 @@ impl Cluster {
         let cfg = fast_config(id, &self.membership);
         let faults = self.faults.clone();
         let p = path.clone();
+        let mem = mem_store.clone();
         let handle = on_runtime(&rt, async move {
-            let store = open_redb_retrying(&p).await;
             let (tx, rx) = mpsc::channel(4096);
             let filtered = faults.filter_inbound(tx, 4096);
             let quic = bind_retrying(qcfg, filtered).await;
             let transport = Arc::new(FaultyTransport::new(id, quic, faults));
-            Sidecar::start(cfg, store, transport, rx, sm).await
+            match mem {
+                Some(store) => Sidecar::start(cfg, store, transport, rx, sm).await,
+                None => {
+                    let store = open_redb_retrying(&p).await;
+                    Sidecar::start(cfg, store, transport, rx, sm).await
+                }
+            }
         })
         .await
         .expect("sidecar starts");
@@ -234,8 +253,8 @@ impl Cluster {
                 handle,
                 applied,
                 runtime: Some(rt),
-                mem_store: None,
-                redb_path: Some(path),
+                redb_path: mem_store.is_none().then_some(path),
+                mem_store,
                 raft_addr: Some(addr),
             },
         );
@@ -268,7 +287,7 @@ impl Cluster {
                     .iter()
                     .map(|(&i, a)| (i, a.raft.parse().expect("addr")))
                     .collect();
-                self.start_quic_node(id, addr, &addrs).await;
+                self.start_quic_node(id, addr, &addrs, node.mem_store).await;
             }
         }
     }
