@@ -65,7 +65,12 @@ fn main() {
                                 Ok(_) => {
                                     let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
                                 }
-                                Err(_) => errors += 1,
+                                Err(e) => {
+                                    if errors == 0 {
+                                        eprintln!("first error: {e}");
+                                    }
+                                    errors += 1;
+                                }
                             }
                         }
                         (hist, errors)

@@ -84,6 +84,8 @@ fn run_seed(seed: u64) -> Outcome {
         // Sometimes longer than an election timeout (100 ms): the leader asks again
         // while a transfer is still on its way.
         snapshot_us: (1_000, [5_000, 20_000, 150_000][dice.below(3) as usize]),
+        // Odd seeds model a driver that keeps stepping the core during its writes.
+        step_during_write: seed % 2 == 1,
         ..SimOptions::default()
     };
     let mut sim = Sim::new(n, seed, opts);

@@ -73,6 +73,12 @@ pub struct ReadState {
 ///    for it; then apply `committed` in order (they follow the snapshot), then serve
 ///    `reads` whose index has been applied;
 /// 5. call [`RaftNode::advance`].
+///
+/// Between taking a ready and `advance`, the driver may keep stepping the core (new
+/// messages, proposals, ticks) while the write is in flight, sending what
+/// [`RaftNode::take_messages`] returns as it goes; it takes the next ready only after
+/// `advance`. Whatever those inputs produce that depends on durability waits for that
+/// next ready.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Role, leader or term changed since the previous ready.
@@ -526,17 +532,7 @@ impl RaftNode {
 
     /// Collect the work accumulated since the previous ready.
     pub fn ready(&mut self) -> Ready {
-        if self.role == Role::Leader {
-            if let Some(round) = self.reads.start_round() {
-                self.broadcast_heartbeat(round);
-                self.check_reads();
-            }
-            if std::mem::take(&mut self.need_broadcast) {
-                self.broadcast_append();
-            }
-        } else {
-            self.need_broadcast = false;
-        }
+        self.flush_broadcasts();
         let soft = self.soft_state();
         let entries = self.log.take_unstable();
         let hard = self.hard_state();
@@ -560,6 +556,37 @@ impl RaftNode {
             self.prev_hard = hard;
         }
         rd
+    }
+
+    /// The messages that may leave before any write ([`Ready::messages`]: appends,
+    /// heartbeats, `TimeoutNow`, read forwarding, snapshot offers), taken without
+    /// taking a ready.
+    ///
+    /// This is for a driver that keeps stepping the core while the previous ready's
+    /// write is in flight (between [`RaftNode::ready`] and [`RaftNode::advance`]): the
+    /// leader's appends of commands proposed meanwhile leave at once instead of after
+    /// that write. Everything else (the hard state, new entries, votes and
+    /// acknowledgements, committed entries) waits for the next ready, which the
+    /// driver takes only after `advance`.
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        self.flush_broadcasts();
+        std::mem::take(&mut self.msgs)
+    }
+
+    /// A leader's pending read-confirmation round and deferred appends, turned into
+    /// messages.
+    fn flush_broadcasts(&mut self) {
+        if self.role == Role::Leader {
+            if let Some(round) = self.reads.start_round() {
+                self.broadcast_heartbeat(round);
+                self.check_reads();
+            }
+            if std::mem::take(&mut self.need_broadcast) {
+                self.broadcast_append();
+            }
+        } else {
+            self.need_broadcast = false;
+        }
     }
 
     /// The driver has done everything the latest ready asked: what it handed out for

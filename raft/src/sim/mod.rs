@@ -77,6 +77,10 @@ pub struct SimOptions {
     pub snapshot_us: (Time, Time),
     /// Extra probability (on top of `drop_rate`) that a snapshot transfer is lost.
     pub snapshot_drop_rate: f64,
+    /// Model a pipelining driver: inputs that arrive while a node's write is in
+    /// flight are stepped into its core at once (sending what
+    /// `RaftNode::take_messages` gives), instead of waiting for the write.
+    pub step_during_write: bool,
 }
 
 impl Default for SimOptions {
@@ -96,6 +100,7 @@ impl Default for SimOptions {
             snapshot_keep: 0,
             snapshot_us: (2_000, 20_000),
             snapshot_drop_rate: 0.0,
+            step_during_write: false,
         }
     }
 }
@@ -549,7 +554,7 @@ impl Sim {
             .and_then(|n| n.raft.as_mut())
             .ok_or(ProposeError::NotLeader { leader: None })?;
         let r = raft.propose_membership(next)?;
-        self.process_ready(id);
+        self.after_call(id);
         self.check_invariants();
         Ok(r)
     }
@@ -581,7 +586,7 @@ impl Sim {
         let data = data.into();
         let raft = self.nodes.get_mut(&id)?.raft.as_mut()?;
         let (index, term) = raft.propose(data.clone()).ok()?;
-        self.process_ready(id);
+        self.after_call(id);
         self.check_invariants();
         Some(Proposal { index, term, data })
     }
@@ -592,7 +597,7 @@ impl Sim {
             return false;
         };
         let ok = raft.read_index(ctx).is_ok();
-        self.process_ready(id);
+        self.after_call(id);
         ok
     }
 
@@ -602,7 +607,7 @@ impl Sim {
             return false;
         };
         let ok = raft.transfer_leader(to).is_ok();
-        self.process_ready(id);
+        self.after_call(id);
         ok
     }
 
@@ -790,11 +795,38 @@ impl Sim {
             return;
         }
         if node.unsynced.is_some() || node.busy_until > now {
-            node.deferred.push(ev);
+            if self.opts.step_during_write {
+                self.apply_input(id, ev);
+                self.send_early(id);
+            } else {
+                node.deferred.push(ev);
+            }
             return;
         }
         self.apply_input(id, ev);
         self.process_ready(id);
+    }
+
+    /// After a call on node `id`'s core: a pipelining driver sends what can leave at
+    /// once even while a write is in flight; then the next ready, if the node is idle.
+    fn after_call(&mut self, id: NodeId) {
+        if self.opts.step_during_write {
+            self.send_early(id);
+        }
+        self.process_ready(id);
+    }
+
+    /// A pipelining driver's send of the messages that need no write, while the
+    /// node's write is in flight.
+    fn send_early(&mut self, id: NodeId) {
+        let msgs = match self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+            Some(r) => r.take_messages(),
+            None => return,
+        };
+        for m in msgs {
+            self.send(m);
+        }
+        self.check_invariants();
     }
 
     /// Hand one input to a running, idle node's core (without taking its ready).
@@ -839,6 +871,11 @@ impl Sim {
             return;
         };
         if node.raft.is_none() {
+            return;
+        }
+        if (node.unsynced.is_some() || node.busy_until > now) && self.opts.step_during_write {
+            node.raft_mut().step(msg);
+            self.send_early(id);
             return;
         }
         if node.unsynced.is_some() || node.busy_until > now {
