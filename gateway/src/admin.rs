@@ -239,8 +239,14 @@ pub fn spawn_metrics_task(state: AdminState, every: Duration, cancel: Cancellati
 
 async fn health(State(state): State<AdminState>) -> Response {
     if state.sidecar_running() {
-        let role = role_name(state.raft.status().core.role);
-        Json(serde_json::json!({ "status": "ok", "node_id": state.raft.id(), "role": role })).into_response()
+        let s = state.raft.status();
+        let role = role_name(s.core.role);
+        let mut body = serde_json::json!({ "status": "ok", "node_id": state.raft.id(), "role": role });
+        if s.removed {
+            // Still healthy as a process; no longer part of the cluster.
+            body["removed"] = serde_json::Value::Bool(true);
+        }
+        Json(body).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
