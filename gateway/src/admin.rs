@@ -1,29 +1,59 @@
 //! The admin HTTP server (TCP): `/health`, `/status` (JSON) and `/metrics`
-//! (Prometheus text), plus the task that turns transport counters into metrics.
+//! (Prometheus text), the membership endpoints under `/admin/`, and the task that
+//! turns transport counters into metrics.
 //!
 //! It is deliberately separate from both QUIC channels so that an operator can still
-//! look at a node whose Raft or client traffic is cut.
+//! look at a node whose Raft or client traffic is cut. It has no authentication: bind
+//! it to loopback (the default of `init-cluster`) or a management network.
+//!
+//! Membership endpoints (JSON in, JSON out):
+//!
+//! | request | does |
+//! | --- | --- |
+//! | `GET /admin/members` | the configuration and, on the leader, each member's progress |
+//! | `POST /admin/add-learner` `{"id", "raft_addr", "client_addr"}` | add a learner |
+//! | `POST /admin/promote` `{"id"}` | learner to voter (refused while it lags) |
+//! | `POST /admin/remove` `{"id"}` | remove a voter or learner (the leader too) |
+//! | `POST /admin/transfer-leader` `{"id"}` | hand leadership over; answers once `id` leads |
+//! | `POST /admin/snapshot` | take a snapshot now |
+//!
+//! Changes resolve once committed. Only the leader makes them: a follower does not
+//! forward, it answers `421 Misdirected Request` with `error = "not_leader"` and the
+//! leader's id and addresses (nodes do not know each other's admin addresses;
+//! `gateway admin` maps the id to one and retries there). Refusals carry
+//! `{"ok": false, "error": <kind>, "message": <text>}`: `400 invalid_change`,
+//! `409 change_in_progress | learner_behind | transfer_refused | not_committed`,
+//! `410 removed`,
+//! `501 not_supported`, `503 no_leader | stopped`, `504 outcome_unknown` (the change
+//! may still commit: check `members`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use raft::sidecar::RaftHandle;
+use raft::core::{Membership, NodeAddr, NodeId};
+use raft::sidecar::{MembershipChanged, RaftHandle, SidecarError};
 use raft::transport::QuicTransport;
+use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::status::{
-    role_name, AddressReport, InboundReport, LeaderReport, ReplicationReport, StatusReport, TransportReport,
+    role_name, AddressReport, InboundReport, LeaderReport, MemberReport, MembersReport, ReplicationReport,
+    StatusReport, TransportReport,
 };
+
+/// How long `transfer-leader` waits for the target to take over.
+const TRANSFER_WAIT: Duration = Duration::from_secs(5);
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -59,6 +89,7 @@ impl AdminState {
                 id: p.id,
                 matched: p.matched,
                 next: p.next,
+                lag: core.last_index.saturating_sub(p.matched),
                 state: p.state.to_owned(),
                 inflight: p.inflight,
                 recent_active: p.recent_active,
@@ -96,6 +127,9 @@ impl AdminState {
             leader_changes: s.leader_changes,
             voters: core.membership.voters.iter().copied().collect(),
             learners: core.membership.learners.iter().copied().collect(),
+            membership_index: s.membership_index,
+            membership_pending: s.membership_index > core.commit,
+            removed: s.removed,
             addresses: self.addresses.clone(),
             replication,
             transport,
@@ -205,8 +239,14 @@ pub fn spawn_metrics_task(state: AdminState, every: Duration, cancel: Cancellati
 
 async fn health(State(state): State<AdminState>) -> Response {
     if state.sidecar_running() {
-        let role = role_name(state.raft.status().core.role);
-        Json(serde_json::json!({ "status": "ok", "node_id": state.raft.id(), "role": role })).into_response()
+        let s = state.raft.status();
+        let role = role_name(s.core.role);
+        let mut body = serde_json::json!({ "status": "ok", "node_id": state.raft.id(), "role": role });
+        if s.removed {
+            // Still healthy as a process; no longer part of the cluster.
+            body["removed"] = serde_json::Value::Bool(true);
+        }
+        Json(body).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -238,12 +278,334 @@ async fn prometheus(State(state): State<AdminState>) -> Response {
     }
 }
 
+/// A refusal of an admin request: status code, machine-readable kind, explanation,
+/// and where the leader is when this node is not it.
+struct AdminError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    leader: Option<LeaderReport>,
+}
+
+impl AdminError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        AdminError {
+            status,
+            kind,
+            message: message.into(),
+            leader: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        AdminError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn from_sidecar(e: SidecarError, state: &AdminState) -> Self {
+        let message = e.to_string();
+        match e {
+            SidecarError::NotLeader {
+                leader: Some(id),
+                addr,
+            } => AdminError {
+                status: StatusCode::MISDIRECTED_REQUEST,
+                kind: "not_leader",
+                message: format!("node {} is not the leader; node {id} is", state.raft.id()),
+                leader: Some(LeaderReport {
+                    id,
+                    is_self: false,
+                    raft_addr: addr.as_ref().map(|a| a.raft.clone()),
+                    client_addr: addr.map(|a| a.client),
+                }),
+            },
+            SidecarError::NotLeader { leader: None, .. } => AdminError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+                "no leader is known (election in progress?); retry shortly",
+            ),
+            SidecarError::Membership(_) => {
+                AdminError::new(StatusCode::BAD_REQUEST, "invalid_change", message)
+            }
+            SidecarError::ChangeInProgress => {
+                AdminError::new(StatusCode::CONFLICT, "change_in_progress", message)
+            }
+            SidecarError::LearnerBehind { .. } => {
+                AdminError::new(StatusCode::CONFLICT, "learner_behind", message)
+            }
+            SidecarError::Transfer(_) => AdminError::new(StatusCode::CONFLICT, "transfer_refused", message),
+            SidecarError::Removed => AdminError::new(StatusCode::GONE, "removed", message),
+            SidecarError::NotCommitted => AdminError::new(
+                StatusCode::CONFLICT,
+                "not_committed",
+                format!("{message}; nothing changed, retry"),
+            ),
+            SidecarError::Timeout | SidecarError::LeadershipLost => AdminError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "outcome_unknown",
+                format!("{message}; check `gateway admin members` before retrying"),
+            ),
+            SidecarError::Stopped(_) => AdminError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", message),
+            other => AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({
+            "ok": false,
+            "error": self.kind,
+            "message": self.message,
+        });
+        if let Some(leader) = self.leader {
+            body["leader"] = serde_json::to_value(leader).unwrap_or_default();
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// The body of a request that names a node.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeBody {
+    id: NodeId,
+}
+
+/// The body of `POST /admin/add-learner`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddLearnerBody {
+    id: NodeId,
+    raft_addr: String,
+    client_addr: String,
+}
+
+fn parse_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, AdminError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| AdminError::bad_request(format!("bad request body: {}", e.body_text())))
+}
+
+/// An address other nodes and clients can reach: `IP:PORT`, not unspecified, not
+/// port 0.
+fn reachable_addr(field: &str, value: &str) -> Result<String, AdminError> {
+    let addr: SocketAddr = value.trim().parse().map_err(|_| {
+        AdminError::bad_request(format!(
+            "{field}: `{value}` is not a socket address (expected IP:PORT)"
+        ))
+    })?;
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(AdminError::bad_request(format!(
+            "{field}: {addr} is not an address other nodes and clients can reach"
+        )));
+    }
+    Ok(addr.to_string())
+}
+
+fn membership_json(m: &Membership) -> serde_json::Value {
+    let addrs: serde_json::Map<String, serde_json::Value> = m
+        .addrs
+        .iter()
+        .map(|(id, a)| {
+            (
+                id.to_string(),
+                serde_json::json!({ "raft": a.raft, "client": a.client }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "voters": m.voters,
+        "learners": m.learners,
+        "addrs": addrs,
+    })
+}
+
+fn changed(done: MembershipChanged) -> Response {
+    Json(serde_json::json!({
+        "ok": true,
+        "index": done.index,
+        "membership": membership_json(&done.membership),
+    }))
+    .into_response()
+}
+
+async fn members(State(state): State<AdminState>) -> Result<Json<MembersReport>, AdminError> {
+    let m = state
+        .raft
+        .membership()
+        .await
+        .map_err(|e| AdminError::from_sidecar(e, &state))?;
+    let leader = state.raft.leader();
+    let leader = leader.leader.map(|id| LeaderReport {
+        id,
+        is_self: leader.is_self,
+        raft_addr: leader.addr.as_ref().map(|a| a.raft.clone()),
+        client_addr: leader.addr.as_ref().map(|a| a.client.clone()),
+    });
+    let members = m
+        .membership
+        .members()
+        .into_iter()
+        .map(|id| {
+            let addr = m.membership.addrs.get(&id);
+            let progress = m.peers.iter().find(|p| p.id == id);
+            MemberReport {
+                id,
+                role: if m.membership.is_voter(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .to_owned(),
+                raft_addr: addr.map(|a| a.raft.clone()),
+                client_addr: addr.map(|a| a.client.clone()),
+                this_node: id == m.id,
+                matched: progress.map(|p| p.matched),
+                lag: progress.map(|p| p.lag),
+                state: progress.map(|p| p.state.to_owned()),
+                recent_active: progress.map(|p| p.recent_active),
+            }
+        })
+        .collect();
+    Ok(Json(MembersReport {
+        node_id: m.id,
+        is_leader: m.is_leader,
+        leader,
+        index: m.index,
+        pending: m.pending,
+        removed: m.removed,
+        last_index: m.last_index,
+        commit_index: m.commit_index,
+        members,
+    }))
+}
+
+async fn add_learner(
+    State(state): State<AdminState>,
+    body: Result<Json<AddLearnerBody>, JsonRejection>,
+) -> Result<Response, AdminError> {
+    let body = parse_body(body)?;
+    if body.id == 0 {
+        return Err(AdminError::bad_request("id: node id 0 is reserved"));
+    }
+    let addr = NodeAddr {
+        raft: reachable_addr("raft_addr", &body.raft_addr)?,
+        client: reachable_addr("client_addr", &body.client_addr)?,
+    };
+    info!(node = body.id, raft = %addr.raft, client = %addr.client, "admin: adding a learner");
+    let done = state
+        .raft
+        .add_learner(body.id, addr)
+        .await
+        .map_err(|e| AdminError::from_sidecar(e, &state))?;
+    Ok(changed(done))
+}
+
+async fn promote(
+    State(state): State<AdminState>,
+    body: Result<Json<NodeBody>, JsonRejection>,
+) -> Result<Response, AdminError> {
+    let body = parse_body(body)?;
+    info!(node = body.id, "admin: promoting a learner");
+    let done = state
+        .raft
+        .promote(body.id)
+        .await
+        .map_err(|e| AdminError::from_sidecar(e, &state))?;
+    Ok(changed(done))
+}
+
+async fn remove(
+    State(state): State<AdminState>,
+    body: Result<Json<NodeBody>, JsonRejection>,
+) -> Result<Response, AdminError> {
+    let body = parse_body(body)?;
+    info!(node = body.id, "admin: removing a node");
+    let done = state
+        .raft
+        .remove_node(body.id)
+        .await
+        .map_err(|e| AdminError::from_sidecar(e, &state))?;
+    Ok(changed(done))
+}
+
+async fn transfer_leader(
+    State(state): State<AdminState>,
+    body: Result<Json<NodeBody>, JsonRejection>,
+) -> Result<Response, AdminError> {
+    let to = parse_body(body)?.id;
+    let leader = state.raft.leader();
+    if !leader.is_self {
+        // Checked here so that a follower answers with the leader's whereabouts.
+        return Err(AdminError::from_sidecar(
+            SidecarError::NotLeader {
+                leader: leader.leader,
+                addr: leader.addr,
+            },
+            &state,
+        ));
+    }
+    info!(to, "admin: transferring leadership");
+    let mut watch = state.raft.watch_leader();
+    state
+        .raft
+        .transfer_leader(to)
+        .await
+        .map_err(|e| AdminError::from_sidecar(e, &state))?;
+    let took_over = tokio::time::timeout(TRANSFER_WAIT, async {
+        loop {
+            if watch.borrow_and_update().leader == Some(to) {
+                return true;
+            }
+            if watch.changed().await.is_err() {
+                return false;
+            }
+        }
+    })
+    .await;
+    match took_over {
+        Ok(true) => Ok(Json(serde_json::json!({ "ok": true, "leader": to })).into_response()),
+        Ok(false) => Err(AdminError::from_sidecar(
+            SidecarError::Stopped("the raft sidecar stopped".into()),
+            &state,
+        )),
+        Err(_) => Err(AdminError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "outcome_unknown",
+            format!(
+                "node {to} did not take over within {TRANSFER_WAIT:?} (it may be behind or unreachable); \
+                 check `gateway admin members`"
+            ),
+        )),
+    }
+}
+
+/// Asks the sidecar for a snapshot now. The snapshot work adds
+/// `RaftHandle::snapshot_now`; this build does not have it, so the endpoint says so.
+async fn snapshot_now(_raft: &RaftHandle) -> Result<serde_json::Value, AdminError> {
+    Err(AdminError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_supported",
+        "snapshots are not supported yet by this build",
+    ))
+}
+
+async fn snapshot(State(state): State<AdminState>) -> Result<Response, AdminError> {
+    let report = snapshot_now(&state.raft).await?;
+    Ok(Json(report).into_response())
+}
+
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
         .route("/metrics", get(prometheus))
+        .route("/admin/members", get(members))
+        .route("/admin/add-learner", post(add_learner))
+        .route("/admin/promote", post(promote))
+        .route("/admin/remove", post(remove))
+        .route("/admin/transfer-leader", post(transfer_leader))
+        .route("/admin/snapshot", post(snapshot))
         .with_state(state)
 }
 

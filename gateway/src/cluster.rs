@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use raft::core::NodeId;
 
 use crate::config::{LogFormat, RawTimings};
-use crate::init::{init_cluster, ClusterSummary, InitError, InitOptions};
+use crate::init::{init_cluster, init_join_node, ClusterSummary, InitError, InitOptions, JoinNodeOptions};
 use crate::status::{fetch_health, fetch_status, AdminClientError, StatusReport};
 
 /// How often conditions are polled.
@@ -185,6 +185,31 @@ impl LocalCluster {
     /// The cluster directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The `gateway` binary the nodes run.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// Re-reads `cluster.toml`, after `gateway init-node` added a node to it.
+    pub fn reload_summary(&mut self) -> Result<(), ClusterError> {
+        self.summary = ClusterSummary::load(&self.dir)?;
+        Ok(())
+    }
+
+    /// Prepares node `id` to join the running cluster, as `gateway init-node` does
+    /// (certificate, `join = true` config on free ports, an entry in `cluster.toml`),
+    /// without starting it: start it with [`LocalCluster::start_node`], then have the
+    /// leader add it.
+    pub fn prepare_join_node(&mut self, id: NodeId) -> Result<(), ClusterError> {
+        init_join_node(&JoinNodeOptions {
+            dir: self.dir.clone(),
+            id,
+            host: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            base_port: None,
+        })?;
+        self.reload_summary()
     }
 
     /// The summary: ids and addresses.

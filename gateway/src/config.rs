@@ -41,6 +41,10 @@
 //! raft_addr = "127.0.0.1:7000"
 //! client_addr = "127.0.0.1:7001"
 //! ```
+//!
+//! A node that joins a running cluster (`gateway init-node`) has `join = true`: with an
+//! empty data directory it starts without any configuration and waits for the leader
+//! to add it (`gateway admin add-learner`); `peers` may then be empty.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -226,6 +230,9 @@ pub struct RawConfig {
     /// Where the node keeps its Raft log.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// Join a running cluster instead of bootstrapping one from `peers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<bool>,
     /// `human` or `json`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
@@ -262,6 +269,10 @@ pub struct Overrides {
     /// Data directory (`data_dir`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Join a running cluster (`join = true`): with an empty data directory, start
+    /// without a configuration and wait for the leader to add this node.
+    #[arg(long)]
+    pub join: bool,
     /// Raft channel UDP listen address (`listen.raft`).
     #[arg(long)]
     pub raft_listen: Option<String>,
@@ -368,6 +379,8 @@ pub struct NodeConfig {
     pub cluster_id: Option<String>,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Join a running cluster: no bootstrap configuration (see the module docs).
+    pub join: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// UDP address the Raft channel binds.
@@ -436,7 +449,11 @@ impl NodeConfig {
         c.election_ticks = self.timings.election_ticks;
         c.propose_timeout = self.timings.propose_timeout;
         c.read_timeout = self.timings.read_timeout;
-        c.bootstrap = Some(self.bootstrap_membership());
+        if self.join {
+            c.join = true;
+        } else {
+            c.bootstrap = Some(self.bootstrap_membership());
+        }
         c
     }
 }
@@ -554,6 +571,9 @@ impl RawConfig {
         set(&mut self.id, &o.id);
         set(&mut self.cluster_id, &o.cluster_id);
         set(&mut self.data_dir, &o.data_dir);
+        if o.join {
+            self.join = Some(true);
+        }
         set(&mut self.log_format, &o.log_format);
         set(&mut self.listen.raft, &o.raft_listen);
         set(&mut self.listen.client, &o.client_listen);
@@ -643,6 +663,7 @@ impl RawConfig {
             id,
             cluster_id: self.cluster_id.clone(),
             data_dir,
+            join: self.join.unwrap_or(false),
             log_format: self.log_format.unwrap_or_default(),
             raft_listen,
             client_listen,

@@ -13,6 +13,10 @@
 //!     node.toml     node configuration (paths relative to this directory)
 //!     data/         created by the node on first start: raft.redb
 //! ```
+//!
+//! `gateway init-node` ([`init_join_node`]) adds one more `node-<id>/` to an existing
+//! cluster directory for a node that joins the running cluster (certificate from the
+//! same CA, `join = true` config, an entry in `cluster.toml`).
 
 use std::fs;
 use std::io::Write;
@@ -329,6 +333,7 @@ pub fn init_cluster(opts: &InitOptions) -> Result<ClusterSummary, InitError> {
             id: Some(id),
             cluster_id: opts.cluster_id.clone(),
             data_dir: Some("data".into()),
+            join: None,
             log_format: opts.log_format,
             listen: RawListen {
                 raft: Some(addr(p[0]).to_string()),
@@ -382,4 +387,138 @@ pub fn init_cluster(opts: &InitOptions) -> Result<ClusterSummary, InitError> {
         false,
     )?;
     Ok(summary)
+}
+
+/// What `init-node` makes: the directory of a node that joins a running cluster.
+#[derive(Debug, Clone)]
+pub struct JoinNodeOptions {
+    /// The cluster directory (made by `init-cluster`: `ca.pem`, `ca-key.pem`,
+    /// `cluster.toml` and the existing nodes' configs).
+    pub dir: PathBuf,
+    /// The new node's id: not used by any node of the cluster before.
+    pub id: NodeId,
+    /// The address the node listens on and is reached at.
+    pub host: IpAddr,
+    /// Raft, client and admin ports `base`, `base + 1`, `base + 2`; `None` picks free
+    /// ports on `host`.
+    pub base_port: Option<u16>,
+}
+
+/// Prepares `DIR/node-<id>/` for a node that joins the running cluster of `DIR`: a
+/// certificate and key from the cluster CA and a `join = true` config that takes the
+/// cluster's settings (cluster id, client token and frame limit, timings, log format)
+/// from an existing node's config. The node is added to `cluster.toml`. Refuses an id
+/// that the summary already lists (node ids are never reused: a removed node's log
+/// still names it) and a directory that holds data.
+///
+/// The node still has to be started and then added by the leader
+/// (`gateway admin add-learner`, then `promote`).
+pub fn init_join_node(opts: &JoinNodeOptions) -> Result<NodeSummary, InitError> {
+    let dir = &opts.dir;
+    let id = opts.id;
+    if id == 0 {
+        return Err(InitError::Invalid("node id 0 is reserved".into()));
+    }
+    if opts.host.is_unspecified() {
+        return Err(InitError::Invalid(format!(
+            "--host {}: the node advertises this address, so it must be a concrete address",
+            opts.host
+        )));
+    }
+    let mut summary = ClusterSummary::load(dir)?;
+    if summary.node(id).is_some() {
+        return Err(InitError::Invalid(format!(
+            "node {id} is already listed in {}; a new node needs an id never used in this cluster",
+            dir.join(SUMMARY_FILE).display()
+        )));
+    }
+    let template_node = summary
+        .nodes
+        .first()
+        .ok_or_else(|| InitError::Invalid(format!("{} lists no node", dir.join(SUMMARY_FILE).display())))?;
+    let template_path = dir.join(&template_node.config);
+    let text = fs::read_to_string(&template_path).map_err(io_err(&template_path))?;
+    let template = RawConfig::parse(&text, &template_path).map_err(|e| InitError::Summary {
+        path: template_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let node_dir = dir.join(format!("node-{id}"));
+    let data = node_dir.join("data");
+    if data.exists() {
+        return Err(InitError::Invalid(format!(
+            "{} holds a node's data; a joining node must start empty",
+            data.display()
+        )));
+    }
+    let ports = match opts.base_port {
+        Some(base) => {
+            if base == 0 || base > u16::MAX - 2 {
+                return Err(InitError::Invalid(format!(
+                    "--base-port {base}: the node needs ports {base} to {}",
+                    u32::from(base) + 2
+                )));
+            }
+            [base, base + 1, base + 2]
+        }
+        None => pick_ports(opts.host, 1)?[0],
+    };
+    let addr = |port: u16| SocketAddr::new(opts.host, port);
+    fs::create_dir_all(&node_dir).map_err(io_err(&node_dir))?;
+    let ca = load_ca(dir)?;
+    let cert = issue_node_cert(&ca, id, opts.host)?;
+    write_file(&node_dir.join("key.pem"), &cert.key_pem, true)?;
+    write_file(&node_dir.join("cert.pem"), &cert.cert_pem, false)?;
+    let raw = RawConfig {
+        id: Some(id),
+        cluster_id: template.cluster_id.clone(),
+        data_dir: Some("data".into()),
+        join: Some(true),
+        log_format: template.log_format,
+        listen: RawListen {
+            raft: Some(addr(ports[0]).to_string()),
+            client: Some(addr(ports[1]).to_string()),
+            admin: Some(addr(ports[2]).to_string()),
+        },
+        tls: RawTls {
+            ca: Some(Path::new("..").join(CA_CERT_FILE)),
+            cert: Some("cert.pem".into()),
+            key: Some("key.pem".into()),
+        },
+        client: template.client.clone(),
+        timings: template.timings.clone(),
+        peers: Vec::new(),
+    };
+    let body = raw
+        .to_toml()
+        .map_err(|e| InitError::Invalid(format!("cannot encode node {id}'s config: {e}")))?;
+    let text = format!(
+        "# Node {id}, made by `gateway init-node` to join the cluster of this directory.\n\
+         # `join = true`: it starts with no configuration and waits for the leader to add it:\n\
+         #   gateway admin add-learner --id {id} --raft-addr {} --client-addr {}\n\
+         # Relative paths are relative to this file's directory.\n\n{body}",
+        addr(ports[0]),
+        addr(ports[1]),
+    );
+    write_file(
+        &node_dir.join(NODE_CONFIG_FILE),
+        &text,
+        raw.client.token.is_some(),
+    )?;
+    let node = NodeSummary {
+        id,
+        raft_addr: addr(ports[0]),
+        client_addr: addr(ports[1]),
+        admin_addr: addr(ports[2]),
+        config: Path::new(&format!("node-{id}")).join(NODE_CONFIG_FILE),
+    };
+    summary.nodes.push(node.clone());
+    summary.nodes.sort_by_key(|n| n.id);
+    let text = toml::to_string(&summary)
+        .map_err(|e| InitError::Invalid(format!("cannot encode the cluster summary: {e}")))?;
+    write_file(
+        &dir.join(SUMMARY_FILE),
+        &format!("# Made by `gateway init-cluster`; nodes added by `gateway init-node`.\n\n{text}"),
+        false,
+    )?;
+    Ok(node)
 }

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admin_client;
 pub mod cluster;
 pub mod config;
 pub mod init;

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use gateway::admin_client::AdminTargets;
 use gateway::config::{self, LogFormat, NodeConfig, Overrides, RawTimings};
-use gateway::init::{self, InitOptions};
+use gateway::init::{self, InitOptions, JoinNodeOptions};
 use gateway::node::Node;
 use gateway::status;
 use tokio::signal::unix::{signal, SignalKind};
@@ -38,8 +39,15 @@ enum Cmd {
     /// Issue a new certificate and key for one node from an existing cluster CA
     /// (certificate rotation, or a node added by hand).
     IssueCert(IssueCertArgs),
+    /// Prepare a new node to join the running cluster of a directory made by
+    /// init-cluster: certificate, key and a join config (it starts empty and waits to be
+    /// added), listed in cluster.toml.
+    InitNode(InitNodeArgs),
     /// Show a node's status from its admin endpoint.
     Status(StatusArgs),
+    /// Change or inspect the cluster's membership through the nodes' admin endpoints:
+    /// add a learner, promote it, remove a node, move the leadership, show members.
+    Admin(AdminArgs),
     /// Start a local three-node cluster, drive bank traffic, kill the leader, and check
     /// that every acknowledged operation survived. Exits 0 on pass, 1 on fail.
     Demo(demo::DemoArgs),
@@ -107,6 +115,81 @@ struct IssueCertArgs {
 }
 
 #[derive(Args)]
+struct InitNodeArgs {
+    /// The cluster directory (ca.pem, ca-key.pem, cluster.toml).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The new node's id, never used in this cluster before.
+    #[arg(long)]
+    id: u64,
+    /// The address the node listens on and advertises.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    host: IpAddr,
+    /// Raft (UDP) on BASE, client (UDP) on BASE+1, admin (TCP) on BASE+2. Without it,
+    /// free ports are picked.
+    #[arg(long)]
+    base_port: Option<u16>,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// A node's admin address (HOST:PORT); repeat for several. Changes are made by the
+    /// leader: a follower answers with the leader's id, and the command retries on that
+    /// node's admin address when it knows it (from --cluster or the other --admin).
+    #[arg(long, global = true)]
+    admin: Vec<SocketAddr>,
+    /// A cluster directory: its cluster.toml gives every node's admin address.
+    #[arg(long, global = true)]
+    cluster: Option<PathBuf>,
+    /// Bound on the whole command in milliseconds (a change waits for its commit).
+    #[arg(long, global = true, default_value_t = 15_000)]
+    timeout_ms: u64,
+    /// Print the raw JSON answer.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: AdminCmd,
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Show the configuration and, from the leader, each member's replication progress.
+    Members,
+    /// Add a node as a learner: it receives the log but neither votes nor counts.
+    AddLearner {
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+        /// Its Raft address (UDP IP:PORT); from --cluster's cluster.toml if omitted.
+        #[arg(long)]
+        raft_addr: Option<SocketAddr>,
+        /// Its client address (UDP IP:PORT); from --cluster's cluster.toml if omitted.
+        #[arg(long)]
+        client_addr: Option<SocketAddr>,
+    },
+    /// Make a caught-up learner a voter (refused while it lags behind the leader).
+    Promote {
+        /// The learner's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a voter or learner (the leader too: it hands over first).
+    Remove {
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Hand leadership to another voter and wait until it leads.
+    TransferLeader {
+        /// The voter to take over.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Ask the leader to take a snapshot of its state machine now.
+    Snapshot,
+}
+
+#[derive(Args)]
 struct StatusArgs {
     /// The node's admin address (HOST:PORT).
     #[arg(long)]
@@ -125,7 +208,9 @@ fn main() -> ExitCode {
         Cmd::Run(args) => cmd_run(*args),
         Cmd::InitCluster(args) => cmd_init(args),
         Cmd::IssueCert(args) => cmd_issue_cert(args),
+        Cmd::InitNode(args) => cmd_init_node(args),
         Cmd::Status(args) => cmd_status(args),
+        Cmd::Admin(args) => cmd_admin(args),
         Cmd::Demo(args) => match demo_logging().and_then(|()| demo::run(args)) {
             Ok(true) => Ok(()),
             // The failed checks are on stdout already.
@@ -284,6 +369,114 @@ fn cmd_status(args: StatusArgs) -> anyhow::Result<()> {
         println!("{}", status::fetch_status_json(args.admin, timeout)?);
     } else {
         print!("{}", status::fetch_status(args.admin, timeout)?.render_human());
+    }
+    Ok(())
+}
+
+fn cmd_init_node(args: InitNodeArgs) -> anyhow::Result<()> {
+    let node = init::init_join_node(&JoinNodeOptions {
+        dir: args.dir.clone(),
+        id: args.id,
+        host: args.host,
+        base_port: args.base_port,
+    })?;
+    let config = args.dir.join(&node.config);
+    config::load_file(&config)
+        .with_context(|| format!("the generated {} does not load", config.display()))?;
+    println!(
+        "node {} prepared in {} to join the cluster",
+        node.id,
+        args.dir.join(format!("node-{}", node.id)).display()
+    );
+    println!(
+        "  raft {}  client {}  admin {}",
+        node.raft_addr, node.client_addr, node.admin_addr
+    );
+    println!("next:");
+    println!("  gateway run --config {}", config.display());
+    println!(
+        "  gateway admin --cluster {} add-learner --id {} --raft-addr {} --client-addr {}",
+        args.dir.display(),
+        node.id,
+        node.raft_addr,
+        node.client_addr
+    );
+    println!(
+        "  gateway admin --cluster {} members        # until node {} lags by a few entries at most",
+        args.dir.display(),
+        node.id
+    );
+    println!(
+        "  gateway admin --cluster {} promote --id {}",
+        args.dir.display(),
+        node.id
+    );
+    Ok(())
+}
+
+fn cmd_admin(args: AdminArgs) -> anyhow::Result<()> {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let mut targets = AdminTargets::new(&args.admin, args.cluster.as_deref(), timeout)?;
+    let (path, body, what) = match args.cmd {
+        AdminCmd::Members => {
+            let report = targets.members()?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render_human());
+            }
+            return Ok(());
+        }
+        AdminCmd::AddLearner {
+            id,
+            raft_addr,
+            client_addr,
+        } => {
+            let listed = targets.summary().and_then(|s| s.node(id)).cloned();
+            let raft = raft_addr
+                .or(listed.as_ref().map(|n| n.raft_addr))
+                .context("--raft-addr is required (node not in --cluster's cluster.toml)")?;
+            let client = client_addr
+                .or(listed.as_ref().map(|n| n.client_addr))
+                .context("--client-addr is required (node not in --cluster's cluster.toml)")?;
+            (
+                "/admin/add-learner",
+                serde_json::json!({ "id": id, "raft_addr": raft.to_string(), "client_addr": client.to_string() }),
+                format!("node {id} is a learner"),
+            )
+        }
+        AdminCmd::Promote { id } => (
+            "/admin/promote",
+            serde_json::json!({ "id": id }),
+            format!("node {id} is a voter"),
+        ),
+        AdminCmd::Remove { id } => (
+            "/admin/remove",
+            serde_json::json!({ "id": id }),
+            format!("node {id} is not a member any more"),
+        ),
+        AdminCmd::TransferLeader { to } => (
+            "/admin/transfer-leader",
+            serde_json::json!({ "id": to }),
+            format!("node {to} leads"),
+        ),
+        AdminCmd::Snapshot => (
+            "/admin/snapshot",
+            serde_json::json!({}),
+            "snapshot taken".to_owned(),
+        ),
+    };
+    let answer = targets.post_to_leader(path, &body)?;
+    if args.json {
+        println!("{answer}");
+        return Ok(());
+    }
+    println!("{what}");
+    if let Some(m) = answer.get("membership") {
+        println!(
+            "configuration at index {}: voters {} learners {}",
+            answer["index"], m["voters"], m["learners"]
+        );
     }
     Ok(())
 }

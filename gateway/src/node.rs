@@ -175,6 +175,12 @@ impl Node {
 
         let mut qcfg = QuicConfig::new(cfg.id, cfg.raft_listen, tls.clone());
         qcfg.cluster_id = cfg.cluster_id.clone();
+        // The configuration, not this file, says who the members are: a joining node
+        // knows none, and a node whose log is behind may not know the current leader
+        // (added while it was down). Any node the cluster CA certified is heard (its
+        // certificate must still name the id it claims); nodes removed from the
+        // configuration are refused.
+        qcfg.accept_unknown_peers = true;
         for p in cfg.other_peers() {
             qcfg = qcfg.with_peer(p.id, p.raft_addr);
         }
@@ -203,6 +209,19 @@ impl Node {
                 return Err(e.into());
             }
         };
+
+        // Peers listed in the file but absent from the configuration in the log were
+        // removed from the cluster (the file is only the bootstrap): refuse them.
+        let membership = raft.status().core.membership;
+        if !membership.voters.is_empty() {
+            for p in cfg.other_peers().filter(|p| !membership.contains(p.id)) {
+                info!(
+                    peer = p.id,
+                    "the config file lists a node that is no longer a member; refusing it"
+                );
+                transport.remove_peer(p.id);
+            }
+        }
 
         let client = match start_client_channel(&cfg, &tls, raft.clone(), bank.clone()).await {
             Ok(c) => c,
@@ -250,7 +269,9 @@ impl Node {
             client = %client.local_addr(),
             admin = %admin.local_addr(),
             data = %cfg.data_dir.display(),
-            voters = ?cfg.peers.iter().map(|p| p.id).collect::<Vec<_>>(),
+            voters = ?membership.voters,
+            learners = ?membership.learners,
+            join = cfg.join,
             "gateway node started"
         );
         Ok(Node {

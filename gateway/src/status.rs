@@ -40,6 +40,16 @@ pub struct StatusReport {
     pub voters: Vec<NodeId>,
     /// Current learners.
     pub learners: Vec<NodeId>,
+    /// Log index of the configuration in force.
+    #[serde(default)]
+    pub membership_index: u64,
+    /// The configuration is not committed yet.
+    #[serde(default)]
+    pub membership_pending: bool,
+    /// This node was removed from the cluster (a committed configuration no longer
+    /// lists it).
+    #[serde(default)]
+    pub removed: bool,
     /// This node's addresses.
     pub addresses: AddressReport,
     /// Replication progress of each follower (filled on the leader only).
@@ -83,6 +93,9 @@ pub struct ReplicationReport {
     pub matched: u64,
     /// Next index to send.
     pub next: u64,
+    /// Entries it is behind the leader's last index.
+    #[serde(default)]
+    pub lag: u64,
     /// `probe`, `replicate` or `snapshot`.
     pub state: String,
     /// Appends in flight.
@@ -166,7 +179,17 @@ impl StatusReport {
             "  log         first {}  last {}  persisted {}  commit {}  applied {}",
             self.first_index, self.last_index, self.persisted_index, self.commit_index, self.applied_index
         );
-        let _ = writeln!(s, "  voters      {:?}", self.voters);
+        let _ = writeln!(
+            s,
+            "  members     voters {:?}  learners {:?}  (configuration at index {}{})",
+            self.voters,
+            self.learners,
+            self.membership_index,
+            if self.membership_pending { ", pending" } else { "" }
+        );
+        if self.removed {
+            let _ = writeln!(s, "  REMOVED     this node is no longer a member of the cluster");
+        }
         let _ = writeln!(
             s,
             "  listening   raft {}  client {}  admin {}",
@@ -181,14 +204,21 @@ impl StatusReport {
             let _ = writeln!(s, "replication (leader's view)");
             let _ = writeln!(
                 s,
-                "  {:>5}  {:>10}  {:>10}  {:<9}  {:>8}  {:<6}",
-                "peer", "matched", "next", "state", "inflight", "active"
+                "  {:>5}  {:<7}  {:>10}  {:>8}  {:>10}  {:<9}  {:>8}  {:<6}",
+                "peer", "role", "matched", "lag", "next", "state", "inflight", "active"
             );
             for r in &self.replication {
                 let _ = writeln!(
                     s,
-                    "  {:>5}  {:>10}  {:>10}  {:<9}  {:>8}  {:<6}",
-                    r.id, r.matched, r.next, r.state, r.inflight, r.recent_active
+                    "  {:>5}  {:<7}  {:>10}  {:>8}  {:>10}  {:<9}  {:>8}  {:<6}",
+                    r.id,
+                    if r.learner { "learner" } else { "voter" },
+                    r.matched,
+                    r.lag,
+                    r.next,
+                    r.state,
+                    r.inflight,
+                    r.recent_active
                 );
             }
         }
@@ -216,6 +246,115 @@ impl StatusReport {
     }
 }
 
+/// What `GET /admin/members` answers: the configuration as the node sees it and, on
+/// the leader, how far each member is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersReport {
+    /// The node that answered.
+    pub node_id: NodeId,
+    /// Whether it leads (only the leader knows the members' progress).
+    pub is_leader: bool,
+    /// The leader it knows of.
+    pub leader: Option<LeaderReport>,
+    /// Log index of the configuration in force.
+    pub index: u64,
+    /// Not committed yet (no other change can start until it is).
+    pub pending: bool,
+    /// The answering node was removed from the cluster.
+    pub removed: bool,
+    /// The answering node's last log index.
+    pub last_index: u64,
+    /// The answering node's commit index.
+    pub commit_index: u64,
+    /// Every member, by id.
+    pub members: Vec<MemberReport>,
+}
+
+/// One member of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    /// Node id.
+    pub id: NodeId,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// Its Raft address, from the configuration.
+    pub raft_addr: Option<String>,
+    /// Its client address, from the configuration (what redirects name).
+    pub client_addr: Option<String>,
+    /// It is the node that answered.
+    pub this_node: bool,
+    /// Highest index known replicated there (leader's view; `None` for the leader
+    /// itself and on followers).
+    pub matched: Option<u64>,
+    /// Entries behind the leader's last index.
+    pub lag: Option<u64>,
+    /// Replication state (`probe`, `replicate`, `snapshot`).
+    pub state: Option<String>,
+    /// Heard from in the current check-quorum round.
+    pub recent_active: Option<bool>,
+}
+
+impl MembersReport {
+    /// The member `id`, if it is one.
+    pub fn member(&self, id: NodeId) -> Option<&MemberReport> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// A human-readable table.
+    pub fn render_human(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let view = if self.is_leader {
+            "the leader".to_owned()
+        } else {
+            match &self.leader {
+                Some(l) => format!(
+                    "a follower of node {}; progress is known only to the leader",
+                    l.id
+                ),
+                None => "a node that knows no leader; progress is known only to the leader".to_owned(),
+            }
+        };
+        let _ = writeln!(
+            s,
+            "membership seen by node {} ({view}): configuration at index {} ({}), commit {}",
+            self.node_id,
+            self.index,
+            if self.pending { "pending" } else { "committed" },
+            self.commit_index
+        );
+        if self.removed {
+            let _ = writeln!(s, "node {} was REMOVED from the cluster", self.node_id);
+        }
+        let _ = writeln!(
+            s,
+            "  {:>4}  {:<7}  {:<22}  {:<22}  {:>10}  {:>8}  {:<9}  {:<6}",
+            "id", "role", "raft", "client", "matched", "lag", "state", "active"
+        );
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        for m in &self.members {
+            let (matched, lag) = if m.this_node && self.is_leader {
+                ("leader".to_owned(), "0".to_owned())
+            } else {
+                (opt(m.matched), opt(m.lag))
+            };
+            let _ = writeln!(
+                s,
+                "  {:>4}  {:<7}  {:<22}  {:<22}  {:>10}  {:>8}  {:<9}  {:<6}",
+                m.id,
+                m.role,
+                m.raft_addr.as_deref().unwrap_or("?"),
+                m.client_addr.as_deref().unwrap_or("?"),
+                matched,
+                lag,
+                m.state.as_deref().unwrap_or("-"),
+                m.recent_active.map_or("-", |a| if a { "yes" } else { "no" })
+            );
+        }
+        s
+    }
+}
+
 /// The name `/status` uses for a role.
 pub fn role_name(role: Role) -> &'static str {
     match role {
@@ -239,8 +378,8 @@ pub enum AdminClientError {
         /// The failure.
         source: Box<ureq::Error>,
     },
-    /// The answer was not a status report.
-    #[error("GET http://{addr}/status: not a status report: {source}")]
+    /// The answer was not the expected report.
+    #[error("http://{addr}: unexpected answer: {source}")]
     Decode {
         /// The admin address.
         addr: SocketAddr,
@@ -277,6 +416,41 @@ pub fn fetch_status_json(addr: SocketAddr, timeout: Duration) -> Result<String, 
 /// `GET /health`: `Ok` if the node answers 200.
 pub fn fetch_health(addr: SocketAddr, timeout: Duration) -> Result<(), AdminClientError> {
     get(addr, "/health", timeout).map(|_| ())
+}
+
+/// `POST` of a JSON body to an admin endpoint. Returns the HTTP status and the body
+/// whatever the status (the admin endpoints explain refusals in JSON); fails only when
+/// no answer arrives.
+pub fn post_json(
+    addr: SocketAddr,
+    path: &'static str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<(u16, String), AdminClientError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let wrap = |source| AdminClientError::Http {
+        addr,
+        path,
+        source: Box::new(source),
+    };
+    let mut resp = agent
+        .post(format!("http://{addr}{path}"))
+        .content_type("application/json")
+        .send(body.to_string())
+        .map_err(wrap)?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().map_err(wrap)?;
+    Ok((status, text))
+}
+
+/// `GET /admin/members`.
+pub fn fetch_members(addr: SocketAddr, timeout: Duration) -> Result<MembersReport, AdminClientError> {
+    let body = get(addr, "/admin/members", timeout)?;
+    serde_json::from_str(&body).map_err(|source| AdminClientError::Decode { addr, source })
 }
 
 /// `GET /metrics`: the Prometheus text.

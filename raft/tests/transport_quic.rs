@@ -796,6 +796,85 @@ async fn peers_can_move_and_be_removed() {
     b2.shutdown().await;
 }
 
+/// A joining node knows no peer. With `accept_unknown_peers` it accepts any node the
+/// cluster CA certified and answers it at the address it connected from; a node it
+/// removed stays refused until named again; another CA's certificate never passes.
+#[tokio::test]
+async fn a_node_accepting_unknown_peers_answers_them_where_they_dial_from() {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut joiner_cfg = config(4, &ca);
+    joiner_cfg.accept_unknown_peers = true;
+    let mut joiner = bind(joiner_cfg);
+    let mut leader = bind(config(1, &ca).with_peer(4, joiner.t.local_addr()));
+    let m = send_until_delivered(&leader.t, 1, 4, &mut joiner.rx).await;
+    assert_eq!(m.from, 1);
+    let learned = joiner.t.peer_status(1).expect("node 1 became a peer");
+    assert_eq!(
+        learned.addr,
+        leader.t.local_addr(),
+        "dialed back where it came from"
+    );
+    send_until_delivered(&joiner.t, 4, 1, &mut leader.rx).await;
+
+    // Through the trait (as the sidecar does), with the configuration's address.
+    let moved = bind(config(1, &ca));
+    Transport::set_peer(
+        &joiner.t,
+        1,
+        &raft::core::NodeAddr {
+            raft: moved.t.local_addr().to_string(),
+            client: String::new(),
+        },
+    );
+    assert_eq!(joiner.t.peer_status(1).unwrap().addr, moved.t.local_addr());
+    Transport::set_peer(&joiner.t, 1, &raft::core::NodeAddr::default());
+    assert_eq!(
+        joiner.t.peer_status(1).unwrap().addr,
+        moved.t.local_addr(),
+        "no address in the configuration: keep the one known"
+    );
+    moved.t.shutdown().await;
+
+    // Removed: refused, even though unknown peers are otherwise welcome.
+    Transport::remove_peer(&joiner.t, 1);
+    let rejected = joiner.t.inbound_stats().rejected;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), joiner.rx.recv()).await {}
+    for r in 0..20 {
+        leader.t.send(4, vec![heartbeat(1, 4, r)]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for("node 1 to be refused", DEADLINE, || {
+        joiner.t.inbound_stats().rejected > rejected
+    })
+    .await;
+    assert_silent(&mut joiner.rx).await;
+    assert!(joiner.t.peer_status(1).is_none());
+    // Named again: welcome again.
+    joiner.t.set_peer(1, leader.t.local_addr());
+    send_until_delivered(&leader.t, 1, 4, &mut joiner.rx).await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), joiner.rx.recv()).await {}
+
+    // A certificate from another CA is refused during the handshake.
+    let rejected = joiner.t.inbound_stats().rejected;
+    let other = ClusterCa::generate().unwrap();
+    let mut material = other.node_material(7).unwrap();
+    material.ca_pem = ca.node_material(7).unwrap().ca_pem;
+    let (_ep, conn) = raw_connect(&material, joiner.t.local_addr(), 4).await;
+    if let Ok(conn) = conn {
+        let closed = write_and_wait_close(&conn, &frames(&[heartbeat(7, 4, 1)]), true).await;
+        println!("foreign certificate: {closed}");
+    }
+    wait_for("the foreign certificate to be refused", DEADLINE, || {
+        joiner.t.inbound_stats().rejected > rejected
+    })
+    .await;
+    assert!(joiner.t.peer_status(7).is_none());
+    assert_silent(&mut joiner.rx).await;
+    leader.t.shutdown().await;
+    joiner.t.shutdown().await;
+}
+
 // ----- measurements (run with `cargo test -p raft --test transport_quic -- --ignored --nocapture`) -----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

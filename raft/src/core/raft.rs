@@ -668,6 +668,22 @@ impl RaftNode {
         &self.membership
     }
 
+    /// The log index of the configuration in force: the index of its configuration
+    /// entry, or the snapshot point's index when it comes from the snapshot (or the
+    /// bootstrap). While this is above [`RaftNode::commit_index`] the change is still
+    /// pending: it may yet be rolled back, and no other change may be proposed.
+    pub fn membership_index(&self) -> Index {
+        self.configs
+            .last()
+            .map_or(self.log.snapshot_point().0, |(index, _)| *index)
+    }
+
+    /// The configuration in force at the commit index: the latest one that can no
+    /// longer be rolled back.
+    pub fn committed_membership(&self) -> Membership {
+        self.membership_at(self.log.committed())
+    }
+
     /// The committed index.
     pub fn commit_index(&self) -> Index {
         self.log.committed()

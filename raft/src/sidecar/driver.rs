@@ -9,11 +9,14 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use super::handle::{Applied, LeaderInfo, RaftHandle, Request, SidecarStatus};
+use super::handle::{
+    Applied, LeaderInfo, MembershipChanged, MembershipStatus, PeerProgress, RaftHandle, Reconfig, Request,
+    SidecarStatus,
+};
 use super::{SidecarConfig, SidecarError, StartError, StateMachine};
 use crate::core::{
-    Entry, EntryPayload, Index, Message, NodeId, ProposeError, RaftNode, ReadState, Ready, Restore, Role,
-    SnapshotMeta, SoftState, Term,
+    Entry, EntryPayload, Index, Membership, Message, NodeAddr, NodeId, ProposeError, RaftNode, ReadState,
+    Ready, Restore, Role, SnapshotMeta, SoftState, Term,
 };
 use crate::storage::{LogStore, StorageError, WriteBatch};
 use crate::transport::Transport;
@@ -45,7 +48,14 @@ impl Sidecar {
         let is_new = initial.entries.is_empty()
             && initial.snapshot.index == 0
             && initial.snapshot.membership.voters.is_empty();
-        if is_new {
+        if is_new && cfg.join {
+            // No configuration at all: not a voter, so it never campaigns; it waits for a
+            // leader to add it and send the log, configuration included.
+            info!(
+                node = cfg.id,
+                "empty store: waiting for a leader to add this node"
+            );
+        } else if is_new {
             let membership = cfg.bootstrap.clone().ok_or(StartError::NoMembership(cfg.id))?;
             let snapshot = SnapshotMeta {
                 index: 0,
@@ -87,7 +97,12 @@ impl Sidecar {
             applied: durable,
             elections: 0,
             leader_changes: 0,
+            membership_index: core.membership_index(),
+            removed: false,
         });
+        // A restarted node that had a configuration was a member at some point (a new
+        // one learns its first configuration from the leader).
+        let was_member = !core.membership().voters.is_empty();
         let applied_tx = watch::Sender::new(durable);
         let handle = RaftHandle {
             id: cfg.id,
@@ -98,7 +113,7 @@ impl Sidecar {
             propose_timeout: cfg.propose_timeout,
             read_timeout: cfg.read_timeout,
         };
-        let driver = Driver {
+        let mut driver = Driver {
             applied: durable,
             cfg,
             core,
@@ -119,7 +134,12 @@ impl Sidecar {
             leader_changes: 0,
             ticks: 0,
             outbox: BTreeMap::new(),
+            was_member,
+            removed: false,
+            synced: None,
+            peers: BTreeMap::new(),
         };
+        driver.sync_membership();
         tokio::spawn(driver.run());
         Ok(handle)
     }
@@ -149,6 +169,26 @@ struct Driver<T: Transport + ?Sized, M: StateMachine> {
     leader_changes: u64,
     ticks: u64,
     outbox: BTreeMap<NodeId, Vec<Message>>,
+    /// This node appeared in a configuration (so leaving one means it was removed).
+    was_member: bool,
+    /// A committed configuration no longer lists this node.
+    removed: bool,
+    /// What `sync_membership` last acted on: (configuration index, committed, leader).
+    synced: Option<(Index, bool, Option<NodeId>)>,
+    /// The peers the transport was told about, with the addresses it was given.
+    peers: BTreeMap<NodeId, NodeAddr>,
+}
+
+/// What a membership request came to.
+enum Reconfigured {
+    /// The configuration already is what was asked for.
+    Already(MembershipChanged),
+    /// A configuration entry was appended at `index` in `term`.
+    Proposed {
+        index: Index,
+        term: Term,
+        next: Membership,
+    },
 }
 
 enum Flow {
@@ -193,6 +233,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                 self.fail_all(SidecarError::Stopped(format!("storage failure: {e}")));
                 break None;
             }
+            self.sync_membership();
             if let Flow::Shutdown(tx) = flow {
                 break Some(tx);
             }
@@ -247,10 +288,38 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                     Ok(()) => {
                         self.reads.insert(ctx, reply);
                     }
+                    Err(_) if self.removed => {
+                        let _ = reply.send(Err(SidecarError::Removed));
+                    }
                     Err(_) => {
                         let _ = reply.send(Err(SidecarError::ReadFailed("no leader known")));
                     }
                 }
+            }
+            Request::Reconfigure(op, reply) => match self.reconfigure(op) {
+                Ok(Reconfigured::Already(done)) => {
+                    let _ = reply.send(Ok(done));
+                }
+                Ok(Reconfigured::Proposed { index, term, next }) => {
+                    // Resolved like a proposal, when the entry is applied with its term.
+                    let (tx, rx) = oneshot::channel();
+                    self.proposals.insert(index, (term, tx));
+                    tokio::spawn(async move {
+                        let r = rx.await.unwrap_or_else(|_| {
+                            Err(SidecarError::Stopped("driver dropped the request".into()))
+                        });
+                        let _ = reply.send(r.map(|a| MembershipChanged {
+                            index: a.index,
+                            membership: next,
+                        }));
+                    });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Request::Membership(reply) => {
+                let _ = reply.send(Ok(self.membership_status()));
             }
             Request::Transfer(to, reply) => {
                 let r = self
@@ -265,6 +334,9 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
     }
 
     fn not_leader(&self, leader: Option<NodeId>) -> SidecarError {
+        if self.removed {
+            return SidecarError::Removed;
+        }
         SidecarError::NotLeader {
             leader,
             addr: leader.and_then(|l| self.core.membership().addrs.get(&l).cloned()),
@@ -426,7 +498,11 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                 waiting = self.proposals.len(),
                 "lost leadership"
             );
-            for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+            // Entries already committed are applied (with their term) in this very
+            // ready, and resolve then: a leader that removed itself steps down as its
+            // change commits, and that change did succeed.
+            let uncommitted = self.proposals.split_off(&(self.core.commit_index() + 1));
+            for (_, (_, r)) in uncommitted {
                 let _ = r.send(Err(SidecarError::LeadershipLost));
             }
         }
@@ -452,7 +528,202 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
             applied: self.applied,
             elections: self.elections,
             leader_changes: self.leader_changes,
+            membership_index: self.core.membership_index(),
+            removed: self.removed,
         });
+    }
+
+    /// Works out the configuration `op` asks for, from the one in force.
+    fn reconfigure(&mut self, op: Reconfig) -> Result<Reconfigured, SidecarError> {
+        if self.core.role() != Role::Leader {
+            return Err(self.not_leader(self.core.leader()));
+        }
+        let index = self.core.membership_index();
+        if index > self.core.commit_index() {
+            return Err(SidecarError::ChangeInProgress);
+        }
+        let current = self.core.membership();
+        let already = || {
+            Ok(Reconfigured::Already(MembershipChanged {
+                index,
+                membership: current.clone(),
+            }))
+        };
+        let mut next = current.clone();
+        match op {
+            Reconfig::AddLearner(id, addr) => {
+                if id == 0 {
+                    return Err(SidecarError::Membership("node id 0 is reserved".into()));
+                }
+                if current.is_voter(id) {
+                    return Err(SidecarError::Membership(format!("node {id} is already a voter")));
+                }
+                if current.learners.contains(&id) && current.addrs.get(&id) == Some(&addr) {
+                    return already();
+                }
+                next.learners.insert(id);
+                next.addrs.insert(id, addr);
+            }
+            Reconfig::Promote(id) => {
+                if current.is_voter(id) {
+                    return already();
+                }
+                if !current.learners.contains(&id) {
+                    return Err(SidecarError::Membership(format!(
+                        "node {id} is not a learner of the cluster; add it as a learner first"
+                    )));
+                }
+                let last = self.core.last_index();
+                let matched = self
+                    .core
+                    .status()
+                    .peers
+                    .iter()
+                    .find(|p| p.id == id)
+                    .map_or(0, |p| p.matched);
+                let max_lag = self.cfg.promote_max_lag;
+                if last.saturating_sub(matched) > max_lag {
+                    return Err(SidecarError::LearnerBehind {
+                        id,
+                        matched,
+                        last,
+                        max_lag,
+                    });
+                }
+                next.learners.remove(&id);
+                next.voters.insert(id);
+            }
+            Reconfig::Remove(id) => {
+                if !current.contains(id) {
+                    return already();
+                }
+                next.voters.remove(&id);
+                next.learners.remove(&id);
+                next.addrs.remove(&id);
+            }
+        }
+        match self.core.propose_membership(next.clone()) {
+            Ok((index, term)) => {
+                info!(node = self.cfg.id, index, voters = ?next.voters, learners = ?next.learners,
+                    "membership change proposed");
+                Ok(Reconfigured::Proposed { index, term, next })
+            }
+            Err(ProposeError::NotLeader { leader }) => Err(self.not_leader(leader)),
+            Err(ProposeError::TransferInProgress) => {
+                Err(SidecarError::Transfer("leadership transfer in progress".into()))
+            }
+            Err(ProposeError::MembershipChangePending) => Err(SidecarError::ChangeInProgress),
+            Err(ProposeError::InvalidMembership(why)) => Err(SidecarError::Membership(why.into())),
+        }
+    }
+
+    fn membership_status(&self) -> MembershipStatus {
+        let status = self.core.status();
+        let index = self.core.membership_index();
+        let peers = status
+            .peers
+            .iter()
+            .map(|p| PeerProgress {
+                id: p.id,
+                voter: !p.learner,
+                matched: p.matched,
+                lag: status.last_index.saturating_sub(p.matched),
+                state: p.state,
+                recent_active: p.recent_active,
+            })
+            .collect();
+        MembershipStatus {
+            id: self.cfg.id,
+            pending: index > status.commit,
+            index,
+            removed: self.removed,
+            leader: status.leader,
+            is_leader: status.role == Role::Leader,
+            last_index: status.last_index,
+            commit_index: status.commit,
+            membership: status.membership,
+            peers,
+        }
+    }
+
+    /// After every batch: notice whether this node was removed, and keep the
+    /// transport's address book in step with the configuration. Cheap unless the
+    /// configuration, its commitment or the leader changed.
+    ///
+    /// Peers of the configuration in force are added (a leader replicates to a new
+    /// learner as soon as it appends it). A peer is removed only once no committed
+    /// configuration lists it either, and never while it is the leader this node
+    /// follows: followers append a change that removes the leader before it commits,
+    /// and the leader needs their acknowledgements (and may send `TimeoutNow`) to
+    /// finish. A node that has no configuration yet (joining) keeps the peers it was
+    /// started with.
+    fn sync_membership(&mut self) {
+        let index = self.core.membership_index();
+        let committed = index <= self.core.commit_index();
+        let leader = self.core.leader();
+        let key = (index, committed, leader);
+        if self.synced == Some(key) {
+            return;
+        }
+        self.synced = Some(key);
+        let me = self.cfg.id;
+        let current = self.core.membership().clone();
+        if current.contains(me) {
+            self.was_member = true;
+            if self.removed {
+                info!(node = me, "this node is a member again");
+            }
+            self.removed = false;
+        } else if committed && self.was_member && !current.voters.is_empty() && !self.removed {
+            info!(
+                node = me,
+                index, "this node was removed from the cluster; it no longer takes part"
+            );
+            self.removed = true;
+        }
+        let settled: Membership = if committed {
+            current.clone()
+        } else {
+            self.core.committed_membership()
+        };
+        if current.voters.is_empty() && settled.voters.is_empty() {
+            self.publish_status();
+            return;
+        }
+        let mut want: BTreeMap<NodeId, NodeAddr> = BTreeMap::new();
+        for m in [&settled, &current] {
+            for id in m.members().into_iter().filter(|&id| id != me) {
+                match m.addrs.get(&id) {
+                    Some(a) => {
+                        want.insert(id, a.clone());
+                    }
+                    None => {
+                        want.entry(id).or_default();
+                    }
+                }
+            }
+        }
+        if let Some(l) = leader.filter(|&l| l != me && !want.contains_key(&l)) {
+            if let Some(a) = self.peers.get(&l) {
+                want.insert(l, a.clone());
+            }
+        }
+        for (id, addr) in &want {
+            if self.peers.get(id) != Some(addr) {
+                debug!(node = me, peer = id, raft = %addr.raft, "telling the transport about a peer");
+                self.transport.set_peer(*id, addr);
+            }
+        }
+        for id in self.peers.keys().filter(|id| !want.contains_key(id)) {
+            info!(
+                node = me,
+                peer = id,
+                "dropping a peer that left the configuration"
+            );
+            self.transport.remove_peer(*id);
+        }
+        self.peers = want;
+        self.publish_status();
     }
 
     fn fail_all(&mut self, err: SidecarError) {
@@ -471,6 +742,12 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         while let Ok(req) = self.requests.try_recv() {
             match req {
                 Request::Propose(_, r) | Request::ChangeMembership(_, r) => {
+                    let _ = r.send(Err(err.clone()));
+                }
+                Request::Reconfigure(_, r) => {
+                    let _ = r.send(Err(err.clone()));
+                }
+                Request::Membership(r) => {
                     let _ = r.send(Err(err.clone()));
                 }
                 Request::Read(r) => {

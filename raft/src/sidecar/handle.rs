@@ -43,6 +43,74 @@ pub struct SidecarStatus {
     pub elections: u64,
     /// Leader changes seen.
     pub leader_changes: u64,
+    /// Log index of the configuration in force (see
+    /// [`crate::core::RaftNode::membership_index`]); pending while above the commit index.
+    pub membership_index: Index,
+    /// This node was removed from the cluster: a committed configuration no longer
+    /// lists it. It no longer campaigns and refuses proposals and reads with
+    /// [`SidecarError::Removed`].
+    pub removed: bool,
+}
+
+/// A configuration change that was committed and applied locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipChanged {
+    /// Log index of the configuration entry (of the configuration already in force,
+    /// when the change had been made before).
+    pub index: Index,
+    /// The configuration now in force.
+    pub membership: Membership,
+}
+
+/// The configuration as this node sees it, and, on the leader, how far each peer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipStatus {
+    /// This node.
+    pub id: NodeId,
+    /// The configuration in force (the latest appended; it takes effect at once).
+    pub membership: Membership,
+    /// Log index of its configuration entry.
+    pub index: Index,
+    /// Not committed yet: it may still be rolled back, and no other change can start.
+    pub pending: bool,
+    /// This node was removed from the cluster.
+    pub removed: bool,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// Whether this node leads (only the leader knows the peers' progress).
+    pub is_leader: bool,
+    /// This node's last log index.
+    pub last_index: Index,
+    /// This node's commit index.
+    pub commit_index: Index,
+    /// Replication progress of every other member (leader only; empty elsewhere).
+    pub peers: Vec<PeerProgress>,
+}
+
+/// How far the leader knows one member to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The member.
+    pub id: NodeId,
+    /// A voter (counts for elections and commitment) rather than a learner.
+    pub voter: bool,
+    /// Highest index known replicated there.
+    pub matched: Index,
+    /// Entries it is behind the leader's last index.
+    pub lag: u64,
+    /// Replication state: `probe`, `replicate` or `snapshot`.
+    pub state: &'static str,
+    /// Heard from since the last check-quorum round.
+    pub recent_active: bool,
+}
+
+/// A single-server membership change, resolved against the configuration in force
+/// by the driver (so it is always proposed on top of the latest one).
+#[derive(Debug, Clone)]
+pub(crate) enum Reconfig {
+    AddLearner(NodeId, NodeAddr),
+    Promote(NodeId),
+    Remove(NodeId),
 }
 
 pub(crate) enum Request {
@@ -50,6 +118,8 @@ pub(crate) enum Request {
     Read(oneshot::Sender<Result<Index, SidecarError>>),
     Transfer(NodeId, oneshot::Sender<Result<(), SidecarError>>),
     ChangeMembership(Membership, oneshot::Sender<Result<Applied, SidecarError>>),
+    Reconfigure(Reconfig, oneshot::Sender<Result<MembershipChanged, SidecarError>>),
+    Membership(oneshot::Sender<Result<MembershipStatus, SidecarError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -100,6 +170,59 @@ impl RaftHandle {
         let (tx, rx) = oneshot::channel();
         self.call(Request::ChangeMembership(next, tx), rx, self.propose_timeout)
             .await
+    }
+
+    /// Add node `id` as a learner reachable at `addr` (its Raft address, and the client
+    /// address other nodes give in redirects once it leads). It receives the log but
+    /// does not vote or count for commitment until promoted. Resolves once the change
+    /// is committed. Adding a learner that is already one with the same addresses
+    /// succeeds without a new entry; with other addresses, its addresses are updated.
+    ///
+    /// Like every membership call: only the leader accepts it (`NotLeader` with a
+    /// hint elsewhere); while another change is uncommitted (or the leader has not
+    /// committed an entry of its term yet) it waits and retries; it is bounded by the
+    /// propose timeout (`Timeout`: outcome unknown, check [`RaftHandle::membership`]).
+    pub async fn add_learner(&self, id: NodeId, addr: NodeAddr) -> Result<MembershipChanged, SidecarError> {
+        self.reconfigure(Reconfig::AddLearner(id, addr)).await
+    }
+
+    /// Turn learner `id` into a voter. Refused with [`SidecarError::LearnerBehind`]
+    /// unless its log is within [`crate::sidecar::SidecarConfig::promote_max_lag`]
+    /// entries of the leader's. A node that already votes is left as is.
+    pub async fn promote(&self, id: NodeId) -> Result<MembershipChanged, SidecarError> {
+        self.reconfigure(Reconfig::Promote(id)).await
+    }
+
+    /// Remove node `id` (voter or learner) from the cluster. Removing the leader itself
+    /// is allowed: it keeps leading until the change commits, then hands over to an
+    /// up-to-date voter and reports itself removed. A node that is not a member is
+    /// left as is (so a retry after a timeout is harmless).
+    pub async fn remove_node(&self, id: NodeId) -> Result<MembershipChanged, SidecarError> {
+        self.reconfigure(Reconfig::Remove(id)).await
+    }
+
+    /// The configuration in force, whether it is still pending, and, on the leader,
+    /// every peer's replication progress. Answered by the driver, so it reflects
+    /// every call that resolved before it.
+    pub async fn membership(&self) -> Result<MembershipStatus, SidecarError> {
+        let (tx, rx) = oneshot::channel();
+        self.call(Request::Membership(tx), rx, self.propose_timeout).await
+    }
+
+    async fn reconfigure(&self, op: Reconfig) -> Result<MembershipChanged, SidecarError> {
+        /// How long to wait before asking again while another change is pending.
+        const RETRY: Duration = Duration::from_millis(20);
+        let deadline = tokio::time::Instant::now() + self.propose_timeout;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.call(Request::Reconfigure(op.clone(), tx), rx, left).await {
+                Err(SidecarError::ChangeInProgress) if tokio::time::Instant::now() + RETRY < deadline => {
+                    tokio::time::sleep(RETRY).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// The latest status report (refreshed every tick and on every role change).

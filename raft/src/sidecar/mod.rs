@@ -18,7 +18,9 @@ use bytes::Bytes;
 use crate::core::{Index, Membership, NodeAddr, NodeId};
 
 pub use driver::Sidecar;
-pub use handle::{Applied, LeaderInfo, RaftHandle, SidecarStatus};
+pub use handle::{
+    Applied, LeaderInfo, MembershipChanged, MembershipStatus, PeerProgress, RaftHandle, SidecarStatus,
+};
 
 /// The application's deterministic state machine.
 ///
@@ -72,6 +74,15 @@ pub struct SidecarConfig {
     /// The cluster to bootstrap when the store is empty. Ignored once the node has
     /// state on disk.
     pub bootstrap: Option<Membership>,
+    /// Join a running cluster: with an empty store, start without any configuration
+    /// (ignoring `bootstrap`) and wait for a leader to add this node, as a learner, and
+    /// replicate the log (configuration included) to it. Without it, an empty store and
+    /// no `bootstrap` is a start error, so a misconfigured node cannot silently wait.
+    pub join: bool,
+    /// `promote` refuses a learner whose matched index is more than this many entries
+    /// behind the leader's last index: a voter that far behind would hold up commits
+    /// (or, with a node down, availability) until it caught up.
+    pub promote_max_lag: u64,
     /// Pipelining window per follower.
     pub max_inflight_msgs: usize,
     /// Most entries per AppendEntries.
@@ -95,6 +106,8 @@ impl SidecarConfig {
             queue_capacity: 65_536,
             max_batch: 4096,
             bootstrap: None,
+            join: false,
+            promote_max_lag: 1000,
             max_inflight_msgs: 256,
             max_entries_per_msg: 4096,
             max_bytes_per_msg: 1 << 20,
@@ -150,6 +163,30 @@ pub enum SidecarError {
     /// A membership change was refused.
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// Another membership change is not committed yet, or a new leader has not yet
+    /// committed an entry of its own term; nothing was proposed. The membership calls
+    /// of [`RaftHandle`] retry this themselves until their deadline.
+    #[error("a membership change is in progress (or the leader is new); retry shortly")]
+    ChangeInProgress,
+    /// `promote` refused a learner that has not caught up with the leader's log.
+    #[error(
+        "node {id} is not caught up: it has index {matched}, the leader's log ends at {last} \
+         ({} entries behind, at most {max_lag} allowed); wait for it to catch up and retry",
+        last.saturating_sub(*matched)
+    )]
+    LearnerBehind {
+        /// The learner.
+        id: NodeId,
+        /// The highest index the leader knows it holds.
+        matched: Index,
+        /// The leader's last index.
+        last: Index,
+        /// The allowed lag ([`SidecarConfig::promote_max_lag`]).
+        max_lag: u64,
+    },
+    /// This node was removed from the cluster: it serves nothing any more.
+    #[error("this node was removed from the cluster")]
+    Removed,
     /// The sidecar has stopped (shut down, or a fatal storage error).
     #[error("the raft sidecar has stopped: {0}")]
     Stopped(String),

@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 
 use super::Transport;
-use crate::core::{Message, NodeId};
+use crate::core::{Message, NodeAddr, NodeId};
 
 #[derive(Debug, Default)]
 struct FaultState {
@@ -201,5 +201,13 @@ impl<T: Transport> Transport for FaultyTransport<T> {
                 .dropped_outgoing
                 .fetch_add(msgs.len() as u64, Ordering::Relaxed);
         }
+    }
+
+    fn set_peer(&self, id: NodeId, addr: &NodeAddr) {
+        self.inner.set_peer(id, addr)
+    }
+
+    fn remove_peer(&self, id: NodeId) {
+        self.inner.remove_peer(id)
     }
 }

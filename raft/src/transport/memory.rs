@@ -6,15 +6,20 @@
 //! from one sender to one recipient arrive in order, and when the recipient's inbound
 //! channel (bounded, chosen by the recipient) is full the messages are dropped and
 //! counted. The hub carries a [`Faults`] controller to cut and heal links.
+//!
+//! Like the QUIC transport, a node that removed a peer ([`Transport::remove_peer`])
+//! neither sends to it nor accepts its messages until it names the peer again
+//! ([`Transport::set_peer`]). Addresses are not needed: every attached node is
+//! reachable by id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
 
 use super::fault::Faults;
 use super::Transport;
-use crate::core::{Message, NodeId};
+use crate::core::{Message, NodeAddr, NodeId};
 
 /// Per-destination counters of a [`MemTransport`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,7 +33,16 @@ pub struct LinkStats {
 #[derive(Debug)]
 struct Hub {
     nodes: RwLock<HashMap<NodeId, mpsc::Sender<Message>>>,
+    /// `removed[a]` holds the peers node `a` removed: no traffic either way.
+    removed: RwLock<HashMap<NodeId, HashSet<NodeId>>>,
     faults: Arc<Faults>,
+}
+
+impl Hub {
+    fn removed_either_way(&self, a: NodeId, b: NodeId) -> bool {
+        let removed = self.removed.read().unwrap_or_else(|e| e.into_inner());
+        removed.get(&a).is_some_and(|s| s.contains(&b)) || removed.get(&b).is_some_and(|s| s.contains(&a))
+    }
 }
 
 /// The in-memory network connecting [`MemTransport`]s. Cheap to clone.
@@ -54,6 +68,7 @@ impl MemNetwork {
         MemNetwork {
             hub: Arc::new(Hub {
                 nodes: RwLock::new(HashMap::new()),
+                removed: RwLock::new(HashMap::new()),
                 faults,
             }),
         }
@@ -66,8 +81,14 @@ impl MemNetwork {
     }
 
     /// Attaches node `id`, whose incoming messages go to `inbound`, and returns its
-    /// transport. Attaching an id again replaces its inbound channel (a restart).
+    /// transport. Attaching an id again replaces its inbound channel and forgets the
+    /// peers it had removed (a restart).
     pub fn join(&self, id: NodeId, inbound: mpsc::Sender<Message>) -> MemTransport {
+        self.hub
+            .removed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         self.hub
             .nodes
             .write()
@@ -124,7 +145,7 @@ impl Transport for MemTransport {
     fn send(&self, to: NodeId, msgs: Vec<Message>) {
         let total = msgs.len() as u64;
         let mut sent = 0u64;
-        if self.hub.faults.allows(self.id, to) {
+        if self.hub.faults.allows(self.id, to) && !self.hub.removed_either_way(self.id, to) {
             let inbound = self
                 .hub
                 .nodes
@@ -144,5 +165,24 @@ impl Transport for MemTransport {
         let link = stats.entry(to).or_default();
         link.sent += sent;
         link.dropped += total - sent;
+    }
+
+    fn set_peer(&self, id: NodeId, _addr: &NodeAddr) {
+        let mut removed = self.hub.removed.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = removed.get_mut(&self.id) {
+            set.remove(&id);
+        }
+    }
+
+    fn remove_peer(&self, id: NodeId) {
+        if id != self.id {
+            self.hub
+                .removed
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(self.id)
+                .or_default()
+                .insert(id);
+        }
     }
 }

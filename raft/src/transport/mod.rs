@@ -9,7 +9,7 @@
 //! * [`fault`]: fault injection (cut sending, receiving, links) around any transport.
 //! * `certs` (feature `certgen`): generation of a cluster CA and node certificates.
 
-use crate::core::{Message, NodeId};
+use crate::core::{Message, NodeAddr, NodeId};
 
 #[cfg(feature = "certgen")]
 pub mod certs;
@@ -33,10 +33,34 @@ pub trait Transport: Send + Sync + 'static {
     /// bound: when the peer's queue is full the messages are dropped (Raft
     /// retransmits), so a slow or dead peer cannot stall the others.
     fn send(&self, to: NodeId, msgs: Vec<Message>);
+
+    /// Learn where peer `id` is reached (its Raft address, `addr.raft`), or that it
+    /// moved. The sidecar calls this when a configuration naming the peer takes effect,
+    /// so a node added to a running cluster becomes reachable (and may connect) without
+    /// a restart. A peer removed earlier is allowed back. The default ignores it, for
+    /// transports whose peers are fixed.
+    fn set_peer(&self, id: NodeId, addr: &NodeAddr) {
+        let _ = (id, addr);
+    }
+
+    /// Forget peer `id`: drop its queued messages, close its connections and refuse it
+    /// from now on (until [`Transport::set_peer`] names it again). The sidecar calls
+    /// this once a configuration without the peer is committed. The default ignores it.
+    fn remove_peer(&self, id: NodeId) {
+        let _ = id;
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
     fn send(&self, to: NodeId, msgs: Vec<Message>) {
         (**self).send(to, msgs)
+    }
+
+    fn set_peer(&self, id: NodeId, addr: &NodeAddr) {
+        (**self).set_peer(id, addr)
+    }
+
+    fn remove_peer(&self, id: NodeId) {
+        (**self).remove_peer(id)
     }
 }

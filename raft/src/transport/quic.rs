@@ -16,7 +16,9 @@
 //!
 //! **Inbound.** Each accepted connection is authenticated before any stream is
 //! read: the peer's certificate (already chained to the cluster CA by rustls) must
-//! name a node of the current peer set. Every frame's `Message::from` must be that
+//! name a node of the current peer set (or, with [`QuicConfig::accept_unknown_peers`],
+//! any node not removed with [`QuicTransport::remove_peer`]; such a node is then dialed
+//! back at the address it connected from until told otherwise). Every frame's `Message::from` must be that
 //! node and `Message::to` must be us. Any violation, or undecodable, oversized or
 //! unknown-version frames, closes that connection (with a `tracing::warn!` line);
 //! the endpoint keeps serving everyone else. Accepted messages go to the `inbound`
@@ -26,7 +28,7 @@
 //! Each stream starts with a kind byte, so that a snapshot stream kind can be added
 //! next to [`StreamKind::Messages`] without changing the framing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,7 +46,7 @@ use tokio_util::task::TaskTracker;
 use super::frame::{Frame, FrameCodec, FrameError, FrameRef, Hello, StreamKind, DEFAULT_MAX_FRAME_LEN};
 use super::tls::{build_tls_configs, node_id_from_cert, node_server_name, TlsError, TlsMaterial};
 use super::Transport;
-use crate::core::{Message, NodeId};
+use crate::core::{Message, NodeAddr, NodeId};
 
 /// Application close code: the node is shutting down or the peer was removed.
 pub const CLOSE_SHUTDOWN: u32 = 0;
@@ -91,6 +93,15 @@ pub struct QuicConfig {
     pub backoff_initial: Duration,
     /// Longest reconnect delay (default 2 s).
     pub backoff_max: Duration,
+    /// Also accept nodes outside `peers` (default off). Their certificate must still be
+    /// issued by the cluster CA and name their node id, and a node removed with
+    /// [`QuicTransport::remove_peer`] stays refused. A node joining a running cluster
+    /// knows no members yet, and a node whose log is behind may not know the current
+    /// leader, which can be a node added while it was down: both must hear from it
+    /// (Raft accepts a leader's traffic from outside its configuration). Such a peer is
+    /// answered at the address it connected from (every node dials from its listening
+    /// socket) until [`QuicTransport::set_peer`] says otherwise.
+    pub accept_unknown_peers: bool,
 }
 
 impl QuicConfig {
@@ -110,6 +121,7 @@ impl QuicConfig {
             keep_alive: Duration::from_secs(1),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
+            accept_unknown_peers: false,
         }
     }
 
@@ -243,6 +255,9 @@ struct Shared {
     backoff_initial: Duration,
     backoff_max: Duration,
     peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
+    /// Peers removed with `remove_peer` (refused even with `accept_unknown_peers`).
+    removed: RwLock<HashSet<NodeId>>,
+    accept_unknown_peers: bool,
     inbound_conns: Mutex<HashMap<usize, (NodeId, Connection)>>,
     inbound: mpsc::Sender<Message>,
     counters: InboundCounters,
@@ -384,6 +399,8 @@ impl QuicTransport {
             backoff_initial: config.backoff_initial,
             backoff_max: config.backoff_max.max(config.backoff_initial),
             peers: RwLock::new(HashMap::new()),
+            removed: RwLock::new(HashSet::new()),
+            accept_unknown_peers: config.accept_unknown_peers,
             inbound_conns: Mutex::new(HashMap::new()),
             inbound,
             counters: InboundCounters::default(),
@@ -411,42 +428,28 @@ impl QuicTransport {
     }
 
     /// Adds a peer, or changes its address. A changed address takes effect at once:
-    /// the current connection, if any, is dropped and the new address is dialed.
-    /// Ignored for this node's own id.
+    /// the current connection, if any, is dropped and the new address is dialed. A
+    /// peer removed earlier may connect again. Ignored for this node's own id.
     pub fn set_peer(&self, id: NodeId, addr: SocketAddr) {
-        if id == self.shared.node_id || id == 0 {
-            return;
-        }
-        let mut peers = self.shared.peers.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(peer) = peers.get(&id) {
-            peer.addr.send_if_modified(|current| {
-                let changed = *current != addr;
-                *current = addr;
-                changed
-            });
-            return;
-        }
-        let (tx, rx) = mpsc::channel(self.shared.queue_capacity);
-        let (addr_tx, addr_rx) = watch::channel(addr);
-        let peer = Arc::new(Peer {
-            id,
-            tx,
-            addr: addr_tx,
-            cancel: self.shared.cancel.child_token(),
-            connected: AtomicBool::new(false),
-            sent: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            connects: AtomicU64::new(0),
-        });
-        peers.insert(id, peer.clone());
-        drop(peers);
-        let shared = self.shared.clone();
-        self.shared.tasks.spawn(shared.run_peer(peer, rx, addr_rx));
+        self.shared
+            .removed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        Shared::set_peer(&self.shared, id, addr, false);
     }
 
     /// Removes a peer: its queue is discarded, its outbound connection closed, its
     /// inbound connections closed, and it may no longer connect.
     pub fn remove_peer(&self, id: NodeId) {
+        if id == self.shared.node_id || id == 0 {
+            return;
+        }
+        self.shared
+            .removed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
         let removed = self
             .shared
             .peers
@@ -552,6 +555,25 @@ impl Transport for QuicTransport {
         }
         peer.drop_n(dropped);
     }
+
+    fn set_peer(&self, id: NodeId, addr: &NodeAddr) {
+        if addr.raft.is_empty() {
+            // No address in the configuration: keep whatever this node was given.
+            return;
+        }
+        match addr.raft.parse::<SocketAddr>() {
+            Ok(sock) => QuicTransport::set_peer(self, id, sock),
+            Err(_) => tracing::warn!(
+                peer = id,
+                addr = %addr.raft,
+                "the configuration gives a raft address that is not IP:PORT; the peer stays unreachable"
+            ),
+        }
+    }
+
+    fn remove_peer(&self, id: NodeId) {
+        QuicTransport::remove_peer(self, id)
+    }
 }
 
 /// Why an outbound connection stopped.
@@ -593,6 +615,51 @@ fn drain(rx: &mut mpsc::Receiver<Message>) -> usize {
 
 impl Shared {
     // ----- outbound -----
+
+    /// Adds peer `id` dialed at `addr`, or moves it there. A `learned` address (from an
+    /// inbound connection) never overrides a configured one nor readmits a removed peer.
+    fn set_peer(self: &Arc<Self>, id: NodeId, addr: SocketAddr, learned: bool) {
+        if id == self.node_id || id == 0 {
+            return;
+        }
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        // Checked under the peers lock: a concurrent `remove_peer` marks the peer
+        // removed before it takes the lock to drop it.
+        if learned
+            && self
+                .removed
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id)
+        {
+            return;
+        }
+        if let Some(peer) = peers.get(&id) {
+            if !learned {
+                peer.addr.send_if_modified(|current| {
+                    let changed = *current != addr;
+                    *current = addr;
+                    changed
+                });
+            }
+            return;
+        }
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let (addr_tx, addr_rx) = watch::channel(addr);
+        let peer = Arc::new(Peer {
+            id,
+            tx,
+            addr: addr_tx,
+            cancel: self.cancel.child_token(),
+            connected: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+        });
+        peers.insert(id, peer.clone());
+        drop(peers);
+        self.tasks.spawn(self.clone().run_peer(peer, rx, addr_rx));
+    }
 
     async fn run_peer(
         self: Arc<Self>,
@@ -797,6 +864,13 @@ impl Shared {
                     .unwrap_or_else(|e| e.into_inner())
                     .contains_key(&peer)
         };
+        if self.accept_unknown_peers && !known(&self) {
+            // Every node dials from its listening socket: answer it there.
+            self.set_peer(peer, remote, true);
+            if known(&self) {
+                tracing::info!(%remote, peer, "accepted a cluster node outside the peer set");
+            }
+        }
         if !known(&self) {
             tracing::warn!(%remote, peer, "rejecting a connection from a node outside the peer set");
             self.reject(&conn, CLOSE_UNAUTHORIZED, "not a peer");

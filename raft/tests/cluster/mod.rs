@@ -81,6 +81,8 @@ pub struct TestNode {
     pub mem_store: Option<MemStore>,
     pub redb_path: Option<PathBuf>,
     pub raft_addr: Option<SocketAddr>,
+    /// The QUIC transport (QUIC clusters only; dropped when the node is killed).
+    pub quic: Option<Arc<FaultyTransport<QuicTransport>>>,
 }
 
 /// Where the cluster's nodes talk.
@@ -97,6 +99,8 @@ pub struct Cluster {
     pub faults: Arc<Faults>,
     pub membership: Membership,
     pub net: Net,
+    /// Applied to every node's configuration when it starts.
+    pub tweak: fn(&mut SidecarConfig),
 }
 
 fn node_runtime(id: NodeId) -> tokio::runtime::Runtime {
@@ -119,6 +123,11 @@ async fn on_runtime<T: Send + 'static>(
 impl Cluster {
     /// `n` nodes over the in-memory network with in-memory stores.
     pub async fn memory(n: u64) -> Cluster {
+        Cluster::memory_with(n, |_| {}).await
+    }
+
+    /// Like [`Cluster::memory`], with `tweak` applied to every node's configuration.
+    pub async fn memory_with(n: u64, tweak: fn(&mut SidecarConfig)) -> Cluster {
         let faults = Faults::new();
         let net = MemNetwork::with_faults(faults.clone());
         let membership = Membership::with_voters(1..=n);
@@ -127,6 +136,7 @@ impl Cluster {
             faults,
             membership,
             net: Net::Memory(net),
+            tweak,
         };
         for id in 1..=n {
             cluster.start_memory_node(id, MemStore::new()).await;
@@ -134,7 +144,17 @@ impl Cluster {
         cluster
     }
 
+    /// Start node `id` with an empty store and no configuration, to be added to the
+    /// running cluster (it joins the in-memory network at once).
+    pub async fn join_memory_node(&mut self, id: NodeId) {
+        self.start_memory_node_with(id, MemStore::new(), true).await;
+    }
+
     async fn start_memory_node(&mut self, id: NodeId, store: MemStore) {
+        self.start_memory_node_with(id, store, false).await;
+    }
+
+    async fn start_memory_node_with(&mut self, id: NodeId, store: MemStore, join: bool) {
         let Net::Memory(net) = &self.net else {
             unreachable!()
         };
@@ -143,7 +163,12 @@ impl Cluster {
         let transport = Arc::new(FaultyTransport::new(id, net.join(id, tx), self.faults.clone()));
         let applied: AppliedLog = Arc::default();
         let sm = Recorder { log: applied.clone() };
-        let cfg = fast_config(id, &self.membership);
+        let mut cfg = fast_config(id, &self.membership);
+        if join {
+            cfg.bootstrap = None;
+            cfg.join = true;
+        }
+        (self.tweak)(&mut cfg);
         let s = store.clone();
         let handle = on_runtime(
             &rt,
@@ -161,6 +186,7 @@ impl Cluster {
                 mem_store: Some(store),
                 redb_path: None,
                 raft_addr: None,
+                quic: None,
             },
         );
     }
@@ -198,12 +224,25 @@ impl Cluster {
             faults,
             membership,
             net: Net::Quic { ca, dir },
+            tweak: |_| {},
         };
         for (&id, &addr) in &addrs {
             let mem = memory_stores.then(MemStore::new);
-            cluster.start_quic_node(id, addr, &addrs, mem).await;
+            cluster.start_quic_node(id, addr, &addrs, mem, false).await;
         }
         cluster
+    }
+
+    /// Start node `id` over QUIC with an empty store, no configuration and no peers,
+    /// accepting any node the cluster CA certified (how a gateway joins a cluster).
+    /// Returns its Raft address.
+    pub async fn join_quic_node(&mut self, id: NodeId) -> SocketAddr {
+        let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+            .expect("udp")
+            .local_addr()
+            .expect("addr");
+        self.start_quic_node(id, addr, &BTreeMap::new(), None, true).await;
+        addr
     }
 
     async fn start_quic_node(
@@ -212,6 +251,7 @@ impl Cluster {
         addr: SocketAddr,
         addrs: &BTreeMap<NodeId, SocketAddr>,
         mem_store: Option<MemStore>,
+        join: bool,
     ) {
         let Net::Quic { ca, dir } = &self.net else {
             unreachable!()
@@ -219,6 +259,7 @@ impl Cluster {
         let path = dir.path().join(format!("node-{id}.redb"));
         let material = ca.node_material(id).expect("node cert");
         let mut qcfg = QuicConfig::new(id, addr, material);
+        qcfg.accept_unknown_peers = join;
         for (&p, &a) in addrs {
             if p != id {
                 qcfg = qcfg.with_peer(p, a);
@@ -227,22 +268,28 @@ impl Cluster {
         let rt = node_runtime(id);
         let applied: AppliedLog = Arc::default();
         let sm = Recorder { log: applied.clone() };
-        let cfg = fast_config(id, &self.membership);
+        let mut cfg = fast_config(id, &self.membership);
+        if join {
+            cfg.bootstrap = None;
+            cfg.join = true;
+        }
+        (self.tweak)(&mut cfg);
         let faults = self.faults.clone();
         let p = path.clone();
         let mem = mem_store.clone();
-        let handle = on_runtime(&rt, async move {
+        let (handle, quic) = on_runtime(&rt, async move {
             let (tx, rx) = mpsc::channel(4096);
             let filtered = faults.filter_inbound(tx, 4096);
             let quic = bind_retrying(qcfg, filtered).await;
             let transport = Arc::new(FaultyTransport::new(id, quic, faults));
-            match mem {
-                Some(store) => Sidecar::start(cfg, store, transport, rx, sm).await,
+            let handle = match mem {
+                Some(store) => Sidecar::start(cfg, store, transport.clone(), rx, sm).await,
                 None => {
                     let store = open_redb_retrying(&p).await;
-                    Sidecar::start(cfg, store, transport, rx, sm).await
+                    Sidecar::start(cfg, store, transport.clone(), rx, sm).await
                 }
-            }
+            };
+            handle.map(|h| (h, transport))
         })
         .await
         .expect("sidecar starts");
@@ -256,6 +303,7 @@ impl Cluster {
                 redb_path: mem_store.is_none().then_some(path),
                 mem_store,
                 raft_addr: Some(addr),
+                quic: Some(quic),
             },
         );
     }
@@ -264,6 +312,8 @@ impl Cluster {
     /// beyond what was already durable.
     pub fn kill(&mut self, id: NodeId) {
         if let Some(node) = self.nodes.get_mut(&id) {
+            // The endpoint (and its UDP port) goes away with the last reference.
+            node.quic = None;
             if let Some(rt) = node.runtime.take() {
                 rt.shutdown_background();
             }
@@ -287,7 +337,8 @@ impl Cluster {
                     .iter()
                     .map(|(&i, a)| (i, a.raft.parse().expect("addr")))
                     .collect();
-                self.start_quic_node(id, addr, &addrs, node.mem_store).await;
+                self.start_quic_node(id, addr, &addrs, node.mem_store, false)
+                    .await;
             }
         }
     }
@@ -311,6 +362,27 @@ impl Cluster {
             }
             found = leaders[0];
             live.iter().all(|n| n.handle.leader().leader == Some(found))
+        })
+        .await;
+        found
+    }
+
+    /// Wait until exactly one node of `among` leads and every node of `among` agrees
+    /// (nodes outside it are not asked: removed, cut off or dead).
+    pub async fn wait_leader_among(&self, among: &[NodeId], timeout: Duration) -> NodeId {
+        let mut found = 0;
+        wait_for(&format!("a leader nodes {among:?} agree on"), timeout, || {
+            let nodes: Vec<&TestNode> = among.iter().filter_map(|id| self.nodes.get(id)).collect();
+            let leaders: Vec<NodeId> = nodes
+                .iter()
+                .filter(|n| n.handle.is_leader())
+                .map(|n| n.id)
+                .collect();
+            if leaders.len() != 1 {
+                return false;
+            }
+            found = leaders[0];
+            nodes.iter().all(|n| n.handle.leader().leader == Some(found))
         })
         .await;
         found
@@ -369,9 +441,17 @@ impl Cluster {
     /// Every node's applied sequence must be a prefix of the longest one, and every
     /// acknowledged `(index, payload)` must appear exactly once, at that index.
     pub fn check_applied(&self, acked: &[(Index, Bytes)]) {
+        let all: Vec<NodeId> = self.nodes.keys().copied().collect();
+        self.check_applied_on(&all, acked);
+    }
+
+    /// [`Cluster::check_applied`] over the nodes `ids` only (say, the members left
+    /// after a node was removed).
+    pub fn check_applied_on(&self, ids: &[NodeId], acked: &[(Index, Bytes)]) {
         let logs: BTreeMap<NodeId, Vec<(Index, Bytes)>> = self
             .nodes
             .iter()
+            .filter(|(id, _)| ids.contains(id))
             .map(|(&id, n)| (id, n.applied.lock().unwrap_or_else(|e| e.into_inner()).clone()))
             .collect();
         let longest = logs.values().max_by_key(|l| l.len()).cloned().unwrap_or_default();
@@ -417,6 +497,18 @@ impl Cluster {
                 .values()
                 .filter(|n| n.runtime.is_some())
                 .all(|n| n.handle.applied_index() >= index)
+        })
+        .await;
+    }
+
+    /// Wait until every node of `ids` has applied at least `index`.
+    pub async fn wait_applied_on(&self, ids: &[NodeId], index: Index, timeout: Duration) {
+        wait_for(&format!("nodes {ids:?} to apply {index}"), timeout, || {
+            ids.iter().all(|id| {
+                self.nodes
+                    .get(id)
+                    .is_some_and(|n| n.handle.applied_index() >= index)
+            })
         })
         .await;
     }
