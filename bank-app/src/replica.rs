@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use raft::core::Index;
-use raft::sidecar::StateMachine;
+use raft::sidecar::{SnapshotCapture, StateMachine};
 
 use crate::state::Bank;
 
@@ -39,8 +39,11 @@ impl StateMachine for BankReplica {
             .apply(index, command)
     }
 
-    fn snapshot(&self) -> Bytes {
-        self.read().snapshot()
+    /// Copies the bank in memory (no encoding) under the read lock; the copy is
+    /// encoded later on the sidecar's blocking thread while applies go on.
+    fn snapshot(&self) -> SnapshotCapture {
+        let bank = self.read().clone();
+        Box::new(move || bank.snapshot())
     }
 
     fn restore(&mut self, _index: Index, image: &[u8]) -> Result<(), String> {

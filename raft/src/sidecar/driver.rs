@@ -1,5 +1,7 @@
 //! The driver task: feeds the core, performs its readies in the contracted order, and
-//! resolves the application's waiting calls.
+//! resolves the application's waiting calls. Snapshot work lives in [`snapshot`].
+
+mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -7,10 +9,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use super::handle::{Applied, LeaderInfo, RaftHandle, Request, SidecarStatus};
-use super::{SidecarConfig, SidecarError, StartError, StateMachine};
+use super::{SidecarConfig, SidecarError, SnapshotStore, StartError, StateMachine};
 use crate::core::{
     Entry, EntryPayload, Index, Message, NodeId, ProposeError, RaftNode, ReadState, Ready, Restore, Role,
     SnapshotMeta, SoftState, Term,
@@ -27,10 +29,31 @@ pub struct Sidecar;
 impl Sidecar {
     /// Load the node's state from `store`, bootstrap it if it is new, and start the
     /// driver task on the current tokio runtime. Inbound peer messages are read from
-    /// `inbound`; outbound ones go to `transport`.
+    /// `inbound`; outbound ones go to `transport`. Snapshot files are kept in
+    /// `cfg.snapshot_dir` (in memory if unset).
     pub async fn start<S, T, M>(
         cfg: SidecarConfig,
         store: S,
+        transport: Arc<T>,
+        inbound: mpsc::Receiver<Message>,
+        state_machine: M,
+    ) -> Result<RaftHandle, StartError>
+    where
+        S: LogStore,
+        T: Transport + ?Sized,
+        M: StateMachine,
+    {
+        let snapshots = snapshot::open_store(&cfg).await?;
+        Self::start_with_snapshots(cfg, store, snapshots, transport, inbound, state_machine).await
+    }
+
+    /// Like [`Sidecar::start`], with the snapshot store given (for example an
+    /// in-memory store a test keeps across restarts). The state machine is restored
+    /// from the newest valid snapshot file and only the log after it is replayed.
+    pub async fn start_with_snapshots<S, T, M>(
+        cfg: SidecarConfig,
+        store: S,
+        snapshots: SnapshotStore,
         transport: Arc<T>,
         inbound: mpsc::Receiver<Message>,
         state_machine: M,
@@ -61,6 +84,9 @@ impl Sidecar {
             initial.snapshot = snapshot;
         }
         let durable = state_machine.durable_index();
+        let (state_machine, durable, loaded) =
+            snapshot::restore_at_start(cfg.id, &snapshots, &initial, state_machine, durable).await?;
+        let snap = snapshot::Snapshots::start(cfg.id, snapshots, loaded, transport.take_snapshot_inbox());
         let core = RaftNode::new(
             cfg.core_config(),
             Restore {
@@ -87,6 +113,7 @@ impl Sidecar {
             applied: durable,
             elections: 0,
             leader_changes: 0,
+            snapshot: snap.status,
         });
         let applied_tx = watch::Sender::new(durable);
         let handle = RaftHandle {
@@ -119,6 +146,7 @@ impl Sidecar {
             leader_changes: 0,
             ticks: 0,
             outbox: BTreeMap::new(),
+            snap,
         };
         tokio::spawn(driver.run());
         Ok(handle)
@@ -149,6 +177,7 @@ struct Driver<T: Transport + ?Sized, M: StateMachine> {
     leader_changes: u64,
     ticks: u64,
     outbox: BTreeMap<NodeId, Vec<Message>>,
+    snap: snapshot::Snapshots,
 }
 
 enum Flow {
@@ -163,11 +192,13 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         let mut inbound_open = true;
         let stop: Option<oneshot::Sender<()>> = loop {
             let mut flow = Flow::Continue;
+            let mut snapshot_event = None;
             tokio::select! {
                 biased;
                 _ = ticker.tick() => self.on_tick(),
+                ev = self.snap.events.recv() => snapshot_event = ev,
                 msg = self.inbound.recv(), if inbound_open => match msg {
-                    Some(m) => self.core.step(m),
+                    Some(m) => self.step_peer(m),
                     None => inbound_open = false,
                 },
                 req = self.requests.recv() => match req {
@@ -175,13 +206,20 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                     None => break None,
                 },
             }
+            if let Some(ev) = snapshot_event {
+                if let Err(e) = self.on_snapshot_event(ev).await {
+                    error!(node = self.cfg.id, error = %e, "raft storage failed; stopping the sidecar");
+                    self.fail_all(SidecarError::Stopped(format!("storage failure: {e}")));
+                    break None;
+                }
+            }
             // Take whatever else is already queued, so one ready (one fsync) covers
             // many inputs: this is the group commit.
             let mut budget = self.cfg.max_batch;
             while budget > 0 && matches!(flow, Flow::Continue) {
                 budget -= 1;
                 if let Ok(m) = self.inbound.try_recv() {
-                    self.core.step(m);
+                    self.step_peer(m);
                 } else if let Ok(r) = self.requests.try_recv() {
                     flow = self.on_request(r);
                 } else {
@@ -193,6 +231,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                 self.fail_all(SidecarError::Stopped(format!("storage failure: {e}")));
                 break None;
             }
+            self.after_ready();
             if let Flow::Shutdown(tx) = flow {
                 break Some(tx);
             }
@@ -259,6 +298,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                     .map_err(|e| SidecarError::Transfer(e.to_string()));
                 let _ = reply.send(r);
             }
+            Request::SnapshotNow(reply) => self.snapshot_now(reply),
             Request::Shutdown(tx) => return Flow::Shutdown(tx),
         }
         Flow::Continue
@@ -307,7 +347,13 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         // 1. The leader's appends go out before its own write: the fsync overlaps the
         //    network round trip.
         self.send(messages);
-        // 2. Make the batch durable (one transaction, one fsync).
+        // 2. Make the batch durable (one transaction, one fsync). An adopted snapshot's
+        //    file is published first: the snapshot point must never be durable
+        //    without the image it stands for.
+        let installed = match &snapshot {
+            Some(meta) => Some(self.install_received(meta).await?),
+            None => None,
+        };
         if hard_state.is_some() || !entries.is_empty() || snapshot.is_some() {
             let started = Instant::now();
             self.storage
@@ -319,17 +365,14 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                 .await?;
             metrics::histogram!("raft_fsync_seconds").record(started.elapsed().as_secs_f64());
         }
-        if let Some(meta) = &snapshot {
-            warn!(
-                node = self.cfg.id,
-                index = meta.index,
-                "snapshot install requested but not supported yet"
-            );
+        if let Some(info) = installed {
+            self.restore_installed(info).await?;
         }
         // 3. Votes and acknowledgements promise durability: only now.
         self.send(persisted_messages);
         // 4. Apply, then answer reads.
         if !committed.is_empty() {
+            self.note_applied(&committed);
             self.apply(committed);
         }
         for r in reads {
@@ -340,10 +383,11 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         Ok(())
     }
 
-    fn send(&mut self, msgs: Vec<Message>) {
+    fn send(&mut self, mut msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
         }
+        self.take_snapshot_requests(&mut msgs);
         for m in msgs {
             self.outbox.entry(m.to).or_default().push(m);
         }
@@ -452,6 +496,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
             applied: self.applied,
             elections: self.elections,
             leader_changes: self.leader_changes,
+            snapshot: self.snap.status,
         });
     }
 
@@ -467,6 +512,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                 let _ = r.send(Err(err.clone()));
             }
         }
+        self.snap.fail_all(&err);
         self.requests.close();
         while let Ok(req) = self.requests.try_recv() {
             match req {
@@ -477,6 +523,9 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                     let _ = r.send(Err(err.clone()));
                 }
                 Request::Transfer(_, r) => {
+                    let _ = r.send(Err(err.clone()));
+                }
+                Request::SnapshotNow(r) => {
                     let _ = r.send(Err(err.clone()));
                 }
                 Request::Shutdown(r) => {

@@ -43,13 +43,37 @@ pub struct SidecarStatus {
     pub elections: u64,
     /// Leader changes seen.
     pub leader_changes: u64,
+    /// Snapshots held, taken, sent and installed.
+    pub snapshot: SnapshotStatus,
 }
+
+/// Snapshot activity of one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotStatus {
+    /// Index of the latest snapshot this node holds (0: none).
+    pub index: Index,
+    /// Snapshots this node took.
+    pub created: u64,
+    /// Snapshots streamed to followers that accepted them.
+    pub sent: u64,
+    /// Snapshot transfers to followers that failed (they are retried).
+    pub send_failures: u64,
+    /// Snapshots received from a leader and installed.
+    pub installed: u64,
+    /// Received snapshots refused (damaged, incomplete, or not needed).
+    pub receive_failures: u64,
+}
+
+/// How long [`RaftHandle::snapshot_now`] waits: capturing is cheap but writing a large
+/// image is not.
+const SNAPSHOT_NOW_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub(crate) enum Request {
     Propose(Bytes, oneshot::Sender<Result<Applied, SidecarError>>),
     Read(oneshot::Sender<Result<Index, SidecarError>>),
     Transfer(NodeId, oneshot::Sender<Result<(), SidecarError>>),
     ChangeMembership(Membership, oneshot::Sender<Result<Applied, SidecarError>>),
+    SnapshotNow(oneshot::Sender<Result<Index, SidecarError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -99,6 +123,17 @@ impl RaftHandle {
     pub async fn change_membership(&self, next: Membership) -> Result<Applied, SidecarError> {
         let (tx, rx) = oneshot::channel();
         self.call(Request::ChangeMembership(next, tx), rx, self.propose_timeout)
+            .await
+    }
+
+    /// Take a snapshot of the state machine now (or join the one being taken), write it
+    /// durably and compact the log behind it (keeping the configured tail). Returns the
+    /// index the snapshot covers. Proposals keep committing meanwhile: only the capture
+    /// runs on the driver. If nothing was applied since the latest snapshot, returns
+    /// that snapshot's index at once.
+    pub async fn snapshot_now(&self) -> Result<Index, SidecarError> {
+        let (tx, rx) = oneshot::channel();
+        self.call(Request::SnapshotNow(tx), rx, SNAPSHOT_NOW_TIMEOUT)
             .await
     }
 
