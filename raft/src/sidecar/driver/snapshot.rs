@@ -129,8 +129,7 @@ impl Snapshots {
     fn remember(&mut self, info: SnapshotInfo, kept: usize) {
         self.known.retain(|k| k.name() != info.name());
         self.known.insert(0, info);
-        self.known
-            .sort_by(|a, b| (b.index, b.term).cmp(&(a.index, a.term)));
+        self.known.sort_by_key(|k| std::cmp::Reverse((k.index, k.term)));
         self.known.truncate(kept.max(1));
         self.status.index = self.known.first().map_or(0, |k| k.index);
         self.entries_since = 0;
@@ -483,6 +482,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                 self.snap.status.receive_failures += 1;
             }
         }
+        self.publish_status();
         Ok(())
     }
 
@@ -515,6 +515,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                 .await?;
         }
         self.prune_snapshots();
+        self.publish_status();
         for w in self.snap.waiters.drain(..) {
             let _ = w.send(Ok(index));
         }
@@ -633,9 +634,12 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         let loaded = tokio::task::spawn_blocking(move || store.load(&i))
             .await
             .map_err(|e| fatal(format!("loading a snapshot: {e}")))?;
-        let outcome = loaded
-            .map_err(|e| e.to_string())
-            .and_then(|l| self.sm.restore(l.meta.index, &l.image));
+        let sm = &mut self.sm;
+        let outcome = blocking_here(|| {
+            loaded
+                .map_err(|e| e.to_string())
+                .and_then(|l| sm.restore(l.meta.index, &l.image))
+        });
         if let Err(e) = outcome {
             let msg = format!(
                 "restoring the state machine from the installed snapshot {} failed: {e}",
@@ -668,7 +672,17 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         if let Some(r) = reply {
             let _ = r.send(Ok(()));
         }
+        self.publish_status();
         Ok(())
+    }
+}
+
+/// Runs `f`, which may block for a while (restoring a large image), without starving
+/// the runtime's other tasks where the runtime allows it.
+fn blocking_here<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

@@ -160,7 +160,7 @@ impl SnapshotStore {
             .list()
             .map_err(|e| SnapshotError::io(self.backend.location(""), e))?;
         let mut infos: Vec<SnapshotInfo> = names.iter().filter_map(|n| SnapshotInfo::parse(n)).collect();
-        infos.sort_by(|a, b| (b.index, b.term).cmp(&(a.index, a.term)));
+        infos.sort_by_key(|i| std::cmp::Reverse((i.index, i.term)));
         Ok(infos)
     }
 
