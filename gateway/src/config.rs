@@ -437,6 +437,8 @@ impl NodeConfig {
         c.propose_timeout = self.timings.propose_timeout;
         c.read_timeout = self.timings.read_timeout;
         c.bootstrap = Some(self.bootstrap_membership());
+        // Snapshot files live next to the log: the log is compacted behind them.
+        c.snapshot_dir = Some(self.data_dir.join("snapshots"));
         c
     }
 }

@@ -63,6 +63,8 @@ impl Sidecar {
         T: Transport + ?Sized,
         M: StateMachine,
     {
+        // A durable log must not be compacted behind snapshots a restart would lose.
+        let may_compact = snapshots.is_durable() || !store.is_durable();
         let (storage, initial) = StorageThread::spawn(cfg.id, store).await?;
         let mut initial = initial;
         let is_new = initial.entries.is_empty()
@@ -86,7 +88,13 @@ impl Sidecar {
         let durable = state_machine.durable_index();
         let (state_machine, durable, loaded) =
             snapshot::restore_at_start(cfg.id, &snapshots, &initial, state_machine, durable).await?;
-        let snap = snapshot::Snapshots::start(cfg.id, snapshots, loaded, transport.take_snapshot_inbox());
+        let snap = snapshot::Snapshots::start(
+            cfg.id,
+            snapshots,
+            loaded,
+            transport.take_snapshot_inbox(),
+            may_compact,
+        );
         let core = RaftNode::new(
             cfg.core_config(),
             Restore {

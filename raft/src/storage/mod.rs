@@ -96,4 +96,10 @@ pub trait LogStore: Send + 'static {
     fn load(&mut self) -> Result<InitialState, StorageError>;
     /// Durably apply one batch in a single transaction.
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
+    /// Whether the log survives the process. The sidecar never compacts a durable log
+    /// behind snapshots that do not (an in-memory snapshot store), since a restart
+    /// could then not rebuild the state machine.
+    fn is_durable(&self) -> bool {
+        true
+    }
 }

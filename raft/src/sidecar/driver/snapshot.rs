@@ -88,6 +88,9 @@ pub(in crate::sidecar) struct Snapshots {
     pending: Option<PendingInstall>,
     /// The leader's answer for a snapshot being installed, sent once restored.
     pending_reply: Option<oneshot::Sender<Result<(), String>>>,
+    /// False when the log is durable but the snapshot files are not: then the log is
+    /// never compacted and no snapshot is taken by policy.
+    may_compact: bool,
     events_tx: mpsc::UnboundedSender<SnapshotEvent>,
     pub(super) events: mpsc::UnboundedReceiver<SnapshotEvent>,
     pub(super) status: SnapshotStatus,
@@ -101,7 +104,15 @@ impl Snapshots {
         store: SnapshotStore,
         loaded: Option<SnapshotInfo>,
         inbox: Option<mpsc::Receiver<IncomingSnapshot>>,
+        may_compact: bool,
     ) -> Self {
+        if !may_compact {
+            warn!(
+                node = id,
+                "snapshots are kept in memory but the log is durable: the log will not be \
+                 compacted (set snapshot_dir)"
+            );
+        }
         let (events_tx, events) = mpsc::unbounded_channel();
         if let Some(inbox) = inbox {
             tokio::spawn(receive_loop(id, store.clone(), inbox, events_tx.clone()));
@@ -120,6 +131,7 @@ impl Snapshots {
             sending: HashSet::new(),
             pending: None,
             pending_reply: None,
+            may_compact,
             events_tx,
             events,
             status,
@@ -368,7 +380,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         let cfg = &self.cfg;
         let due = (cfg.snapshot_entries > 0 && self.snap.entries_since >= cfg.snapshot_entries)
             || (cfg.snapshot_bytes > 0 && self.snap.bytes_since >= cfg.snapshot_bytes);
-        if due && !self.snap.creating {
+        if due && self.snap.may_compact && !self.snap.creating {
             self.start_snapshot(None);
         }
     }
@@ -506,7 +518,12 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         // The file is durable: the log up to it (minus the tail kept for slow
         // followers) can go.
         let upto = index.saturating_sub(self.cfg.snapshot_keep_entries);
-        if let Some(point) = self.core.compact(upto) {
+        let point = if self.snap.may_compact {
+            self.core.compact(upto)
+        } else {
+            None
+        };
+        if let Some(point) = point {
             self.storage
                 .write(WriteBatch {
                     snapshot: Some(point),
