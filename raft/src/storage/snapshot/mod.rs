@@ -212,7 +212,16 @@ impl SnapshotStore {
             location: loc.clone(),
             reason: format!("{len} bytes do not fit in memory"),
         })?;
-        let mut data = Vec::with_capacity(cap);
+        let mut data = Vec::new();
+        data.try_reserve_exact(cap).map_err(|e| {
+            SnapshotError::io(
+                loc.clone(),
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!("cannot hold its {len} bytes in memory: {e}"),
+                ),
+            )
+        })?;
         reader
             .read_to_end(&mut data)
             .map_err(|e| SnapshotError::io(loc.clone(), e))?;
