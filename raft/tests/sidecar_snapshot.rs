@@ -439,3 +439,58 @@ async fn over_quic_a_lagging_follower_gets_a_snapshot_and_restarts_from_it() {
     assert_identical_up_to(&cluster, last);
     cluster.check_applied(&acked);
 }
+
+/// Snapshots every 40 entries with a 5-entry tail, in tiny chunks: almost every
+/// restart needs a snapshot.
+fn very_frequent(cfg: &mut SidecarConfig) {
+    cfg.snapshot_entries = 40;
+    cfg.snapshot_keep_entries = 5;
+    cfg.snapshot_chunk_bytes = 512;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_crashes_with_frequent_snapshots_lose_nothing() {
+    let mut cluster = Cluster::memory_with(
+        3,
+        Options {
+            configure: very_frequent,
+            snapshot_dirs: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    cluster.wait_leader(T).await;
+    let mut acked = Vec::new();
+    for round in 0..6u64 {
+        // Every node goes down twice, the leader included when it is the victim.
+        let victim = round % 3 + 1;
+        cluster.kill(victim);
+        for i in 0..60 {
+            let r = cluster
+                .propose_anywhere(Bytes::from(format!("r{round}-{i}")), T)
+                .await
+                .expect("a majority commits");
+            acked.push(r);
+        }
+        cluster.restart(victim).await;
+        for i in 0..10 {
+            let r = cluster
+                .propose_anywhere(Bytes::from(format!("r{round}-after-{i}")), T)
+                .await
+                .expect("a majority commits");
+            acked.push(r);
+        }
+    }
+    let (last, _) = cluster
+        .propose_anywhere(Bytes::from_static(b"final"), T)
+        .await
+        .expect("the cluster recovers");
+    cluster.wait_applied(last, T).await;
+    assert_identical_up_to(&cluster, last);
+    cluster.check_applied(&acked);
+    let installed: u64 = (1..=3)
+        .map(|id| cluster.handle(id).status().snapshot.installed)
+        .sum();
+    let restored = (1..=3).any(|id| matches!(events(&cluster, id).first(), Some(SmEvent::Restore(_))));
+    assert!(installed >= 1 || restored, "snapshots were exercised");
+}
