@@ -17,6 +17,9 @@ use crate::command::{
 };
 use crate::session::{Admission, Session, SessionInfo, SessionTable};
 
+mod accounts;
+use accounts::Accounts;
+
 /// The format version byte that prefixes a snapshot.
 pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
 
@@ -95,7 +98,8 @@ pub struct Bank {
     /// Sum of all balances. Keeping it within `u64` means no single balance can
     /// overflow either, and it makes conservation of money cheap to check.
     total: u64,
-    accounts: BTreeMap<AccountId, Account>,
+    /// Sharded copy-on-write, so that cloning the bank (a snapshot capture) is cheap.
+    accounts: Accounts,
     sessions: SessionTable,
 }
 
@@ -111,7 +115,7 @@ struct SnapshotRef<'a> {
     config: &'a BankConfig,
     applied_index: u64,
     total: u64,
-    accounts: &'a BTreeMap<AccountId, Account>,
+    accounts: &'a Accounts,
     sessions: &'a BTreeMap<u64, Session>,
 }
 
@@ -132,7 +136,7 @@ impl Bank {
             config: BankConfig::default(),
             applied_index: 0,
             total: 0,
-            accounts: BTreeMap::new(),
+            accounts: Accounts::default(),
             sessions: SessionTable::default(),
         }
     }
@@ -176,7 +180,7 @@ impl Bank {
 
     /// All accounts in id order.
     pub fn accounts(&self) -> impl Iterator<Item = (AccountId, &Account)> {
-        self.accounts.iter().map(|(&id, a)| (id, a))
+        self.accounts.iter()
     }
 
     /// The number of accounts.
@@ -459,7 +463,7 @@ impl Bank {
             config: snap.config,
             applied_index: snap.applied_index,
             total: snap.total,
-            accounts: snap.accounts,
+            accounts: Accounts::from(snap.accounts),
             sessions,
         })
     }

@@ -454,6 +454,8 @@ impl NodeConfig {
         } else {
             c.bootstrap = Some(self.bootstrap_membership());
         }
+        // Snapshot files live next to the log: the log is compacted behind them.
+        c.snapshot_dir = Some(self.data_dir.join("snapshots"));
         c
     }
 }

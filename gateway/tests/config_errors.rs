@@ -61,6 +61,7 @@ fn a_good_file_loads_with_paths_relative_to_it() {
     let sc = cfg.sidecar_config();
     assert_eq!(sc.id, 1);
     assert_eq!(sc.bootstrap, Some(m));
+    assert_eq!(sc.snapshot_dir, Some(dir.path().join("data").join("snapshots")));
 }
 
 #[test]

@@ -43,7 +43,14 @@ fn main() {
             "clients", "ops/s", "p50 us", "p99 us", "p999 us", "max us", "errors"
         );
         for &n in &clients {
-            let cluster = Cluster::quic_with(3, memory_stores).await;
+            let cluster = Cluster::quic_with(
+                3,
+                cluster::Options {
+                    memory_log: memory_stores,
+                    ..cluster::Options::default()
+                },
+            )
+            .await;
             let leader = cluster.wait_leader(Duration::from_secs(10)).await;
             let h = cluster.handle(leader).clone();
             // Warm up connections and the log.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cluster::{wait_for, Cluster};
+use cluster::{wait_for, Cluster, Options};
 use raft::core::{Index, NodeAddr, NodeId, Role};
 use raft::sidecar::{MembershipStatus, RaftHandle, SidecarError};
 
@@ -170,7 +170,14 @@ async fn a_joining_node_is_added_as_a_learner_catches_up_and_is_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_learner_is_not_promoted() {
-    let mut c = Cluster::memory_with(3, |cfg| cfg.promote_max_lag = 10).await;
+    let mut c = Cluster::memory_with(
+        3,
+        Options {
+            configure: |cfg| cfg.promote_max_lag = 10,
+            ..Options::default()
+        },
+    )
+    .await;
     let leader = c.wait_leader(T).await;
     c.join_memory_node(4).await;
     c.faults.isolate(4);

@@ -1,5 +1,7 @@
 //! The driver task: feeds the core, performs its readies in the contracted order, and
-//! resolves the application's waiting calls.
+//! resolves the application's waiting calls. Snapshot work lives in [`snapshot`].
+
+mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -7,13 +9,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use super::handle::{
     Applied, LeaderInfo, MembershipChanged, MembershipStatus, PeerProgress, RaftHandle, Reconfig, Request,
     SidecarStatus,
 };
-use super::{SidecarConfig, SidecarError, StartError, StateMachine};
+use super::{SidecarConfig, SidecarError, SnapshotStore, StartError, StateMachine};
 use crate::core::{
     Entry, EntryPayload, Index, Membership, Message, NodeAddr, NodeId, ProposeError, RaftNode, ReadState,
     Ready, Restore, Role, SnapshotMeta, SoftState, Term,
@@ -30,7 +32,8 @@ pub struct Sidecar;
 impl Sidecar {
     /// Load the node's state from `store`, bootstrap it if it is new, and start the
     /// driver task on the current tokio runtime. Inbound peer messages are read from
-    /// `inbound`; outbound ones go to `transport`.
+    /// `inbound`; outbound ones go to `transport`. Snapshot files are kept in
+    /// `cfg.snapshot_dir` (in memory if unset).
     pub async fn start<S, T, M>(
         cfg: SidecarConfig,
         store: S,
@@ -43,6 +46,28 @@ impl Sidecar {
         T: Transport + ?Sized,
         M: StateMachine,
     {
+        let snapshots = snapshot::open_store(&cfg).await?;
+        Self::start_with_snapshots(cfg, store, snapshots, transport, inbound, state_machine).await
+    }
+
+    /// Like [`Sidecar::start`], with the snapshot store given (for example an
+    /// in-memory store a test keeps across restarts). The state machine is restored
+    /// from the newest valid snapshot file and only the log after it is replayed.
+    pub async fn start_with_snapshots<S, T, M>(
+        cfg: SidecarConfig,
+        store: S,
+        snapshots: SnapshotStore,
+        transport: Arc<T>,
+        inbound: mpsc::Receiver<Message>,
+        state_machine: M,
+    ) -> Result<RaftHandle, StartError>
+    where
+        S: LogStore,
+        T: Transport + ?Sized,
+        M: StateMachine,
+    {
+        // A durable log must not be compacted behind snapshots a restart would lose.
+        let may_compact = snapshots.is_durable() || !store.is_durable();
         let (storage, initial) = StorageThread::spawn(cfg.id, store).await?;
         let mut initial = initial;
         let is_new = initial.entries.is_empty()
@@ -71,6 +96,15 @@ impl Sidecar {
             initial.snapshot = snapshot;
         }
         let durable = state_machine.durable_index();
+        let (state_machine, durable, loaded) =
+            snapshot::restore_at_start(cfg.id, &snapshots, &initial, state_machine, durable).await?;
+        let snap = snapshot::Snapshots::start(
+            cfg.id,
+            snapshots,
+            loaded,
+            transport.take_snapshot_inbox(),
+            may_compact,
+        );
         let core = RaftNode::new(
             cfg.core_config(),
             Restore {
@@ -99,6 +133,7 @@ impl Sidecar {
             leader_changes: 0,
             membership_index: core.membership_index(),
             removed: false,
+            snapshot: snap.status,
         });
         // A restarted node that had a configuration was a member at some point (a new
         // one learns its first configuration from the leader).
@@ -138,6 +173,7 @@ impl Sidecar {
             removed: false,
             synced: None,
             peers: BTreeMap::new(),
+            snap,
         };
         driver.sync_membership();
         tokio::spawn(driver.run());
@@ -177,6 +213,7 @@ struct Driver<T: Transport + ?Sized, M: StateMachine> {
     synced: Option<(Index, bool, Option<NodeId>)>,
     /// The peers the transport was told about, with the addresses it was given.
     peers: BTreeMap<NodeId, NodeAddr>,
+    snap: snapshot::Snapshots,
 }
 
 /// What a membership request came to.
@@ -203,11 +240,13 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         let mut inbound_open = true;
         let stop: Option<oneshot::Sender<()>> = loop {
             let mut flow = Flow::Continue;
+            let mut snapshot_event = None;
             tokio::select! {
                 biased;
                 _ = ticker.tick() => self.on_tick(),
+                ev = self.snap.events.recv() => snapshot_event = ev,
                 msg = self.inbound.recv(), if inbound_open => match msg {
-                    Some(m) => self.core.step(m),
+                    Some(m) => self.step_peer(m),
                     None => inbound_open = false,
                 },
                 req = self.requests.recv() => match req {
@@ -215,13 +254,20 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                     None => break None,
                 },
             }
+            if let Some(ev) = snapshot_event {
+                if let Err(e) = self.on_snapshot_event(ev).await {
+                    error!(node = self.cfg.id, error = %e, "raft storage failed; stopping the sidecar");
+                    self.fail_all(SidecarError::Stopped(format!("storage failure: {e}")));
+                    break None;
+                }
+            }
             // Take whatever else is already queued, so one ready (one fsync) covers
             // many inputs: this is the group commit.
             let mut budget = self.cfg.max_batch;
             while budget > 0 && matches!(flow, Flow::Continue) {
                 budget -= 1;
                 if let Ok(m) = self.inbound.try_recv() {
-                    self.core.step(m);
+                    self.step_peer(m);
                 } else if let Ok(r) = self.requests.try_recv() {
                     flow = self.on_request(r);
                 } else {
@@ -234,6 +280,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                 break None;
             }
             self.sync_membership();
+            self.after_ready();
             if let Flow::Shutdown(tx) = flow {
                 break Some(tx);
             }
@@ -328,6 +375,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                     .map_err(|e| SidecarError::Transfer(e.to_string()));
                 let _ = reply.send(r);
             }
+            Request::SnapshotNow(reply) => self.snapshot_now(reply),
             Request::Shutdown(tx) => return Flow::Shutdown(tx),
         }
         Flow::Continue
@@ -379,7 +427,13 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         // 1. The leader's appends go out before its own write: the fsync overlaps the
         //    network round trip.
         self.send(messages);
-        // 2. Make the batch durable (one transaction, one fsync).
+        // 2. Make the batch durable (one transaction, one fsync). An adopted snapshot's
+        //    file is published first: the snapshot point must never be durable
+        //    without the image it stands for.
+        let installed = match &snapshot {
+            Some(meta) => Some(self.install_received(meta).await?),
+            None => None,
+        };
         if hard_state.is_some() || !entries.is_empty() || snapshot.is_some() {
             let started = Instant::now();
             self.storage
@@ -391,17 +445,14 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                 .await?;
             metrics::histogram!("raft_fsync_seconds").record(started.elapsed().as_secs_f64());
         }
-        if let Some(meta) = &snapshot {
-            warn!(
-                node = self.cfg.id,
-                index = meta.index,
-                "snapshot install requested but not supported yet"
-            );
+        if let Some(info) = installed {
+            self.restore_installed(info).await?;
         }
         // 3. Votes and acknowledgements promise durability: only now.
         self.send(persisted_messages);
         // 4. Apply, then answer reads.
         if !committed.is_empty() {
+            self.note_applied(&committed);
             self.apply(committed);
         }
         for r in reads {
@@ -412,10 +463,11 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         Ok(())
     }
 
-    fn send(&mut self, msgs: Vec<Message>) {
+    fn send(&mut self, mut msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
         }
+        self.take_snapshot_requests(&mut msgs);
         for m in msgs {
             self.outbox.entry(m.to).or_default().push(m);
         }
@@ -530,6 +582,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
             leader_changes: self.leader_changes,
             membership_index: self.core.membership_index(),
             removed: self.removed,
+            snapshot: self.snap.status,
         });
     }
 
@@ -738,6 +791,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                 let _ = r.send(Err(err.clone()));
             }
         }
+        self.snap.fail_all(&err);
         self.requests.close();
         while let Ok(req) = self.requests.try_recv() {
             match req {
@@ -754,6 +808,9 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                     let _ = r.send(Err(err.clone()));
                 }
                 Request::Transfer(_, r) => {
+                    let _ = r.send(Err(err.clone()));
+                }
+                Request::SnapshotNow(r) => {
                     let _ = r.send(Err(err.clone()));
                 }
                 Request::Shutdown(r) => {

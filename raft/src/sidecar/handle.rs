@@ -50,6 +50,8 @@ pub struct SidecarStatus {
     /// lists it. It no longer campaigns and refuses proposals and reads with
     /// [`SidecarError::Removed`].
     pub removed: bool,
+    /// Snapshots held, taken, sent and installed.
+    pub snapshot: SnapshotStatus,
 }
 
 /// A configuration change that was committed and applied locally.
@@ -113,6 +115,27 @@ pub(crate) enum Reconfig {
     Remove(NodeId),
 }
 
+/// Snapshot activity of one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotStatus {
+    /// Index of the latest snapshot this node holds (0: none).
+    pub index: Index,
+    /// Snapshots this node took.
+    pub created: u64,
+    /// Snapshots streamed to followers that accepted them.
+    pub sent: u64,
+    /// Snapshot transfers to followers that failed (they are retried).
+    pub send_failures: u64,
+    /// Snapshots received from a leader and installed.
+    pub installed: u64,
+    /// Received snapshots refused (damaged, incomplete, or not needed).
+    pub receive_failures: u64,
+}
+
+/// How long [`RaftHandle::snapshot_now`] waits: capturing is cheap but writing a large
+/// image is not.
+const SNAPSHOT_NOW_TIMEOUT: Duration = Duration::from_secs(600);
+
 pub(crate) enum Request {
     Propose(Bytes, oneshot::Sender<Result<Applied, SidecarError>>),
     Read(oneshot::Sender<Result<Index, SidecarError>>),
@@ -120,6 +143,7 @@ pub(crate) enum Request {
     ChangeMembership(Membership, oneshot::Sender<Result<Applied, SidecarError>>),
     Reconfigure(Reconfig, oneshot::Sender<Result<MembershipChanged, SidecarError>>),
     Membership(oneshot::Sender<Result<MembershipStatus, SidecarError>>),
+    SnapshotNow(oneshot::Sender<Result<Index, SidecarError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -223,6 +247,17 @@ impl RaftHandle {
                 r => return r,
             }
         }
+    }
+
+    /// Take a snapshot of the state machine now (or join the one being taken), write it
+    /// durably and compact the log behind it (keeping the configured tail). Returns the
+    /// index the snapshot covers. Proposals keep committing meanwhile: only the capture
+    /// runs on the driver. If nothing was applied since the latest snapshot, returns
+    /// that snapshot's index at once.
+    pub async fn snapshot_now(&self) -> Result<Index, SidecarError> {
+        let (tx, rx) = oneshot::channel();
+        self.call(Request::SnapshotNow(tx), rx, SNAPSHOT_NOW_TIMEOUT)
+            .await
     }
 
     /// The latest status report (refreshed every tick and on every role change).

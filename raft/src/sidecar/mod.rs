@@ -7,20 +7,35 @@
 //! acknowledgements leave only after the hard state and entries they promise are
 //! durable; committed entries are applied only after the batch that holds them is
 //! durable; reads are answered only once the applied index reaches their read index.
+//!
+//! Snapshots (see `driver/snapshot.rs`): the driver captures the state machine by
+//! policy or on [`RaftHandle::snapshot_now`], writes the image to its
+//! [`SnapshotStore`] on a blocking thread, and only once the file is durable compacts
+//! the log; it streams its latest file to followers that need it, installs files it
+//! receives, and restarts from the newest valid file.
 
 mod driver;
 mod handle;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::core::{Index, Membership, NodeAddr, NodeId};
+use crate::storage::snapshot::SnapshotError;
 
+pub use crate::storage::snapshot::SnapshotStore;
 pub use driver::Sidecar;
 pub use handle::{
     Applied, LeaderInfo, MembershipChanged, MembershipStatus, PeerProgress, RaftHandle, SidecarStatus,
+    SnapshotStatus,
 };
+
+/// A capture of the state machine at one applied index, turned into image bytes later,
+/// on a blocking thread, while the driver keeps applying (see
+/// [`StateMachine::snapshot`]).
+pub type SnapshotCapture = Box<dyn FnOnce() -> Bytes + Send + 'static>;
 
 /// The application's deterministic state machine.
 ///
@@ -38,10 +53,19 @@ pub trait StateMachine: Send + 'static {
         0
     }
 
-    /// A serialized image of the whole state, for snapshots.
-    fn snapshot(&self) -> Bytes;
+    /// Capture the whole state for a snapshot, as of the last applied command.
+    ///
+    /// **This must be cheap.** It runs on the driver task, between two applies, and
+    /// every proposal waits while it runs: take a copy-on-write reference, a shallow
+    /// clone or an in-memory copy, never serialize or do IO here. The returned closure
+    /// runs later on a blocking thread, concurrently with further `apply` calls, and
+    /// must return the image of the state *as it was at capture time* (the driver
+    /// records it as the snapshot of the index applied then).
+    fn snapshot(&self) -> SnapshotCapture;
 
-    /// Replace the whole state with a snapshot image taken at `index`.
+    /// Replace the whole state with a snapshot image taken at `index`. An error means
+    /// the image is unusable: at startup the driver then tries an older snapshot; when
+    /// installing one received from the leader it stops (the log was already reset).
     fn restore(&mut self, index: Index, image: &[u8]) -> Result<(), String>;
 }
 
@@ -89,6 +113,25 @@ pub struct SidecarConfig {
     pub max_entries_per_msg: usize,
     /// Most payload bytes per AppendEntries.
     pub max_bytes_per_msg: usize,
+    /// Where snapshot files are kept (see [`SnapshotStore::open_dir`]), typically
+    /// `<data dir>/snapshots`. `None` keeps them in memory only: a restarted process
+    /// cannot rebuild a state machine whose log was compacted, so set it whenever the
+    /// log store is durable. Ignored by [`Sidecar::start_with_snapshots`].
+    pub snapshot_dir: Option<PathBuf>,
+    /// Take a snapshot once this many entries were applied since the last one
+    /// (0: never by count). Default 100,000.
+    pub snapshot_entries: u64,
+    /// Take a snapshot once this many payload bytes were applied since the last one
+    /// (0: never by size). Default 256 MiB.
+    pub snapshot_bytes: u64,
+    /// Entries kept in the log behind a snapshot, so that a follower lagging by less
+    /// catches up from the log instead of needing the whole snapshot. Default 10,000.
+    pub snapshot_keep_entries: u64,
+    /// Snapshot files kept (at least 1). Default 2, so a damaged latest file can fall
+    /// back to the previous one while the log still reaches back to it.
+    pub snapshots_kept: usize,
+    /// Size of the chunks a snapshot is streamed to a follower in. Default 1 MiB.
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl SidecarConfig {
@@ -111,6 +154,12 @@ impl SidecarConfig {
             max_inflight_msgs: 256,
             max_entries_per_msg: 4096,
             max_bytes_per_msg: 1 << 20,
+            snapshot_dir: None,
+            snapshot_entries: 100_000,
+            snapshot_bytes: 256 << 20,
+            snapshot_keep_entries: 10_000,
+            snapshots_kept: 2,
+            snapshot_chunk_bytes: 1 << 20,
         }
     }
 
@@ -190,6 +239,9 @@ pub enum SidecarError {
     /// The sidecar has stopped (shut down, or a fatal storage error).
     #[error("the raft sidecar has stopped: {0}")]
     Stopped(String),
+    /// A snapshot could not be taken.
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
 }
 
 /// Errors starting a sidecar.
@@ -204,4 +256,19 @@ pub enum StartError {
     /// The node has no state on disk and no bootstrap membership was given.
     #[error("node {0} has no state on disk and no bootstrap membership was configured")]
     NoMembership(NodeId),
+    /// The snapshot store could not be opened or read.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The log was compacted, and no snapshot file that covers the compacted part
+    /// could be loaded: the state machine cannot be rebuilt.
+    #[error(
+        "the raft log was compacted through index {point} but no valid snapshot at or after it \
+         could be loaded ({problems})"
+    )]
+    NoUsableSnapshot {
+        /// The log's snapshot point.
+        point: Index,
+        /// What was wrong with each file tried (or that there were none).
+        problems: String,
+    },
 }

@@ -70,6 +70,10 @@ impl MemStore {
 }
 
 impl LogStore for MemStore {
+    fn is_durable(&self) -> bool {
+        false
+    }
+
     fn load(&mut self) -> Result<InitialState, StorageError> {
         Ok(self.state())
     }

@@ -1,4 +1,5 @@
-//! Durable storage for the Raft log and hard state.
+//! Durable storage for the Raft log and hard state, and the snapshot files
+//! ([`snapshot`]) that let the log be compacted.
 //!
 //! The core keeps the live log in memory; storage is the durable copy the driver writes
 //! behind it and reads back at startup. Every method is blocking: the driver calls
@@ -11,9 +12,11 @@ use crate::core::{Entry, HardState, Index, SnapshotMeta};
 pub mod memory;
 mod plan;
 pub mod redb_store;
+pub mod snapshot;
 
 pub use memory::MemStore;
 pub use redb_store::RedbStore;
+pub use snapshot::{SnapshotError, SnapshotInfo, SnapshotStore};
 
 /// What a node finds on disk when it starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -93,4 +96,10 @@ pub trait LogStore: Send + 'static {
     fn load(&mut self) -> Result<InitialState, StorageError>;
     /// Durably apply one batch in a single transaction.
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
+    /// Whether the log survives the process. The sidecar never compacts a durable log
+    /// behind snapshots that do not (an in-memory snapshot store), since a restart
+    /// could then not rebuild the state machine.
+    fn is_durable(&self) -> bool {
+        true
+    }
 }

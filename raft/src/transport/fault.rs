@@ -11,21 +11,34 @@
 //! send ([`Faults::block_send`]), `to` may receive ([`Faults::block_recv`]) and the
 //! direction `from -> to` is not cut ([`Faults::block_direction`],
 //! [`Faults::block_link`]).
+//!
+//! Snapshot transfers obey the same rules: one that starts over a cut link fails at
+//! once, and one in flight fails as soon as its link is cut.
+//! [`Faults::cut_link_during_snapshot`] cuts a link at a chosen point of the next
+//! transfer, to test interrupted transfers deterministically.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::snapshot::{failed, OutgoingSnapshot, SnapshotSend, SnapshotSendError};
 use super::Transport;
 use crate::core::{Message, NodeAddr, NodeId};
+
+/// How often an in-flight snapshot transfer checks whether its link was cut.
+const SNAPSHOT_LINK_CHECK: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Default)]
 struct FaultState {
     no_send: HashSet<NodeId>,
     no_recv: HashSet<NodeId>,
     cut: HashSet<(NodeId, NodeId)>,
+    /// Links to cut once the next snapshot from `.0` to `.1` has passed this many bytes.
+    snapshot_cuts: HashMap<(NodeId, NodeId), u64>,
 }
 
 /// A shared controller of injected network faults. All methods take `&self`.
@@ -106,6 +119,21 @@ impl Faults {
             s.cut.remove(&(a, b));
             s.cut.remove(&(b, a));
         });
+    }
+
+    /// The next snapshot transfer from `from` to `to` (through a [`FaultyTransport`])
+    /// cuts the link between them, both directions, once `after_bytes` bytes of it
+    /// were handed to the transport: the transfer fails mid-way, as if the network
+    /// dropped. Heal the link to let a retry through.
+    pub fn cut_link_during_snapshot(&self, from: NodeId, to: NodeId, after_bytes: u64) {
+        self.update(|s| {
+            s.snapshot_cuts.insert((from, to), after_bytes);
+        });
+    }
+
+    fn take_snapshot_cut(&self, from: NodeId, to: NodeId) -> Option<u64> {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        s.snapshot_cuts.remove(&(from, to))
     }
 
     /// Removes every fault.
@@ -210,4 +238,79 @@ impl<T: Transport> Transport for FaultyTransport<T> {
     fn remove_peer(&self, id: NodeId) {
         self.inner.remove_peer(id)
     }
+
+    fn send_snapshot(&self, to: NodeId, snapshot: OutgoingSnapshot) -> SnapshotSend {
+        let (from, faults) = (self.node, self.faults.clone());
+        if !faults.allows(from, to) {
+            faults.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
+            return failed(SnapshotSendError::LinkDown);
+        }
+        let OutgoingSnapshot { term, len, chunks } = snapshot;
+        let cut = faults.take_snapshot_cut(from, to);
+        let (chunks, forward) = match cut {
+            None => (chunks, None),
+            Some(after) => {
+                let (tx, rx) = mpsc::channel(1);
+                (rx, Some((chunks, tx, after)))
+            }
+        };
+        let inner = self
+            .inner
+            .send_snapshot(to, OutgoingSnapshot { term, len, chunks });
+        Box::pin(async move {
+            if let Some((source, tx, after)) = forward {
+                tokio::spawn(cut_after(source, tx, after, faults.clone(), from, to));
+            }
+            let mut inner = inner;
+            let mut check = tokio::time::interval(SNAPSHOT_LINK_CHECK);
+            loop {
+                tokio::select! {
+                    r = &mut inner => return r,
+                    _ = check.tick() => {
+                        if !faults.allows(from, to) {
+                            return Err(SnapshotSendError::LinkDown);
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn take_snapshot_inbox(&self) -> Option<mpsc::Receiver<super::IncomingSnapshot>> {
+        self.inner.take_snapshot_inbox()
+    }
+}
+
+/// Forwards a transfer's chunks until `after` bytes passed, then cuts the link and
+/// stops, leaving the transfer short.
+async fn cut_after(
+    mut source: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Bytes>,
+    after: u64,
+    faults: Arc<Faults>,
+    from: NodeId,
+    to: NodeId,
+) {
+    let mut passed = 0u64;
+    while let Some(chunk) = source.recv().await {
+        let room = usize::try_from(after - passed).unwrap_or(usize::MAX);
+        if chunk.len() >= room {
+            let head = chunk.slice(..room);
+            if !head.is_empty() {
+                let _ = tx.send(head).await;
+            }
+            break;
+        }
+        passed += chunk.len() as u64;
+        if tx.send(chunk).await.is_err() {
+            return;
+        }
+    }
+    tracing::info!(
+        from,
+        to,
+        after,
+        "fault injection: cutting the link during a snapshot transfer"
+    );
+    faults.block_link(from, to);
 }

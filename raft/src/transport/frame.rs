@@ -8,6 +8,11 @@
 //! On a [`StreamKind::Messages`] stream the dialer sends an optional [`Hello`] first,
 //! then one [`Frame::Message`] per Raft message. The hello is informational: the
 //! sender's identity always comes from its TLS certificate.
+//!
+//! A [`StreamKind::Snapshot`] stream is bidirectional and carries one snapshot file:
+//! the sender writes a [`Frame::SnapshotHeader`], then [`Frame::SnapshotChunk`]s
+//! holding exactly the announced number of bytes, and finishes its half; the receiver
+//! answers with one [`Frame::SnapshotAck`] on the other half.
 
 use std::io;
 
@@ -15,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use crate::core::{Message, NodeId};
+use crate::core::{Message, NodeId, Term};
 
 /// The current frame version.
 pub const WIRE_VERSION: u8 = 1;
@@ -29,6 +34,8 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 pub enum StreamKind {
     /// Ordered Raft messages (replication, heartbeats, votes).
     Messages = 1,
+    /// One snapshot file, on a bidirectional stream of its own.
+    Snapshot = 2,
 }
 
 impl StreamKind {
@@ -41,6 +48,7 @@ impl StreamKind {
     pub fn from_byte(byte: u8) -> Result<Self, FrameError> {
         match byte {
             1 => Ok(StreamKind::Messages),
+            2 => Ok(StreamKind::Snapshot),
             other => Err(FrameError::UnknownStreamKind(other)),
         }
     }
@@ -55,6 +63,28 @@ pub struct Hello {
     pub cluster_id: Option<String>,
 }
 
+/// The first frame of a snapshot stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// The sender; must match its certificate.
+    pub from: NodeId,
+    /// The recipient; must be the receiving node.
+    pub to: NodeId,
+    /// The sender's term.
+    pub term: Term,
+    /// The file's length in bytes: the chunks that follow hold exactly this many.
+    pub len: u64,
+}
+
+/// The receiver's answer on a snapshot stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotAck {
+    /// Whether the snapshot was verified and accepted.
+    pub ok: bool,
+    /// Why not, when not.
+    pub reason: String,
+}
+
 /// A decoded frame.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub enum Frame {
@@ -62,6 +92,12 @@ pub enum Frame {
     Hello(Hello),
     /// One Raft message.
     Message(Message),
+    /// Opens a snapshot stream.
+    SnapshotHeader(SnapshotHeader),
+    /// The next bytes of the snapshot file.
+    SnapshotChunk(Bytes),
+    /// The receiver's verdict on a snapshot.
+    SnapshotAck(SnapshotAck),
 }
 
 /// A frame to encode, borrowing its contents. Encodes exactly like [`Frame`].
@@ -71,7 +107,17 @@ pub enum FrameRef<'a> {
     Hello(&'a Hello),
     /// See [`Frame::Message`].
     Message(&'a Message),
+    /// See [`Frame::SnapshotHeader`].
+    SnapshotHeader(&'a SnapshotHeader),
+    /// See [`Frame::SnapshotChunk`].
+    SnapshotChunk(&'a Bytes),
+    /// See [`Frame::SnapshotAck`].
+    SnapshotAck(&'a SnapshotAck),
 }
+
+/// Bytes a [`Frame::SnapshotChunk`] adds around its data (version byte, variant tag,
+/// length varint), with room to spare.
+pub const SNAPSHOT_CHUNK_OVERHEAD: usize = 32;
 
 /// Errors reading or writing frames.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +217,11 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
 
 /// Encodes one frame body (version byte + postcard).
 pub fn encode_body(frame: FrameRef<'_>) -> Result<Vec<u8>, FrameError> {
-    let mut out = Vec::with_capacity(128);
+    let hint = match frame {
+        FrameRef::SnapshotChunk(data) => data.len() + SNAPSHOT_CHUNK_OVERHEAD,
+        _ => 128,
+    };
+    let mut out = Vec::with_capacity(hint);
     out.push(WIRE_VERSION);
     postcard::to_extend(&frame, out).map_err(FrameError::Encode)
 }
@@ -250,6 +300,37 @@ mod tests {
         assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::Hello(hello)));
         assert_eq!(codec.decode_eof(&mut buf).unwrap(), Some(Frame::Message(m)));
         assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn snapshot_frames_round_trip() {
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut buf = BytesMut::new();
+        let header = SnapshotHeader {
+            from: 1,
+            to: 2,
+            term: 3,
+            len: 5,
+        };
+        let chunk = Bytes::from_static(b"abcde");
+        let ack = SnapshotAck {
+            ok: false,
+            reason: "busy".into(),
+        };
+        codec.encode(FrameRef::SnapshotHeader(&header), &mut buf).unwrap();
+        codec.encode(FrameRef::SnapshotChunk(&chunk), &mut buf).unwrap();
+        codec.encode(FrameRef::SnapshotAck(&ack), &mut buf).unwrap();
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::SnapshotHeader(header))
+        );
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::SnapshotChunk(chunk)));
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::SnapshotAck(ack)));
+        // The overhead bound holds for a full-size chunk.
+        let big = Bytes::from(vec![7u8; 1 << 16]);
+        let body = encode_body(FrameRef::SnapshotChunk(&big)).unwrap();
+        assert!(body.len() <= big.len() + SNAPSHOT_CHUNK_OVERHEAD);
+        assert_eq!(StreamKind::from_byte(2).unwrap(), StreamKind::Snapshot);
     }
 
     #[test]

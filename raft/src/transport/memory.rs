@@ -11,15 +11,26 @@
 //! neither sends to it nor accepts its messages until it names the peer again
 //! ([`Transport::set_peer`]). Addresses are not needed: every attached node is
 //! reachable by id.
+//!
+//! Snapshots travel as a separate transfer per call (like the QUIC transport's own
+//! stream): chunks go through a small bounded channel to the recipient's snapshot
+//! inbox, and a link cut by the [`Faults`] while chunks are flowing fails the
+//! transfer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::fault::Faults;
+use super::snapshot::{
+    failed, IncomingSnapshot, OutgoingSnapshot, SnapshotSend, SnapshotSendError, SNAPSHOT_CHUNKS_IN_FLIGHT,
+};
 use super::Transport;
 use crate::core::{Message, NodeAddr, NodeId};
+
+/// Snapshot transfers a node accepts at once before refusing more as busy.
+const SNAPSHOT_INBOX: usize = 2;
 
 /// Per-destination counters of a [`MemTransport`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,6 +46,7 @@ struct Hub {
     nodes: RwLock<HashMap<NodeId, mpsc::Sender<Message>>>,
     /// `removed[a]` holds the peers node `a` removed: no traffic either way.
     removed: RwLock<HashMap<NodeId, HashSet<NodeId>>>,
+    snapshots: RwLock<HashMap<NodeId, mpsc::Sender<IncomingSnapshot>>>,
     faults: Arc<Faults>,
 }
 
@@ -69,6 +81,7 @@ impl MemNetwork {
             hub: Arc::new(Hub {
                 nodes: RwLock::new(HashMap::new()),
                 removed: RwLock::new(HashMap::new()),
+                snapshots: RwLock::new(HashMap::new()),
                 faults,
             }),
         }
@@ -94,10 +107,17 @@ impl MemNetwork {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, inbound);
+        let (snap_tx, snap_rx) = mpsc::channel(SNAPSHOT_INBOX);
+        self.hub
+            .snapshots
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, snap_tx);
         MemTransport {
             id,
             hub: self.hub.clone(),
             stats: Mutex::new(BTreeMap::new()),
+            snapshot_inbox: Mutex::new(Some(snap_rx)),
         }
     }
 
@@ -105,6 +125,11 @@ impl MemNetwork {
     pub fn leave(&self, id: NodeId) {
         self.hub
             .nodes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.hub
+            .snapshots
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
@@ -117,6 +142,7 @@ pub struct MemTransport {
     id: NodeId,
     hub: Arc<Hub>,
     stats: Mutex<BTreeMap<NodeId, LinkStats>>,
+    snapshot_inbox: Mutex<Option<mpsc::Receiver<IncomingSnapshot>>>,
 }
 
 impl MemTransport {
@@ -184,5 +210,66 @@ impl Transport for MemTransport {
                 .or_default()
                 .insert(id);
         }
+    }
+
+    fn send_snapshot(&self, to: NodeId, snapshot: OutgoingSnapshot) -> SnapshotSend {
+        let from = self.id;
+        let hub = self.hub.clone();
+        if !hub.faults.allows(from, to) {
+            return failed(SnapshotSendError::LinkDown);
+        }
+        let inbox = hub
+            .snapshots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to)
+            .cloned();
+        let Some(inbox) = inbox else {
+            return failed(SnapshotSendError::Unreachable(format!(
+                "node {to} is not on the network"
+            )));
+        };
+        Box::pin(async move {
+            let OutgoingSnapshot {
+                term,
+                len,
+                mut chunks,
+            } = snapshot;
+            let (chunk_tx, chunk_rx) = mpsc::channel(SNAPSHOT_CHUNKS_IN_FLIGHT);
+            let (reply_tx, reply_rx) = oneshot::channel();
+            inbox
+                .try_send(IncomingSnapshot {
+                    from,
+                    term,
+                    len,
+                    chunks: chunk_rx,
+                    reply: reply_tx,
+                })
+                .map_err(|_| SnapshotSendError::Busy)?;
+            let mut sent = 0u64;
+            while sent < len {
+                let chunk = chunks.recv().await.ok_or(SnapshotSendError::Source)?;
+                if !hub.faults.allows(from, to) {
+                    return Err(SnapshotSendError::LinkDown);
+                }
+                sent += chunk.len() as u64;
+                if chunk_tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            drop(chunk_tx);
+            match reply_rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(reason)) => Err(SnapshotSendError::Rejected(reason)),
+                Err(_) => Err(SnapshotSendError::Rejected("the receiver went away".into())),
+            }
+        })
+    }
+
+    fn take_snapshot_inbox(&self) -> Option<mpsc::Receiver<IncomingSnapshot>> {
+        self.snapshot_inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }

@@ -7,7 +7,10 @@
 //!   framing of [`frame`].
 //! * [`memory`]: an in-memory network for tests.
 //! * [`fault`]: fault injection (cut sending, receiving, links) around any transport.
+//! * [`snapshot`]: snapshot transfers, streamed beside the message stream.
 //! * `certs` (feature `certgen`): generation of a cluster CA and node certificates.
+
+use tokio::sync::mpsc;
 
 use crate::core::{Message, NodeAddr, NodeId};
 
@@ -17,6 +20,7 @@ pub mod fault;
 pub mod frame;
 pub mod memory;
 pub mod quic;
+pub mod snapshot;
 pub mod tls;
 
 pub use fault::{Faults, FaultyTransport};
@@ -25,6 +29,7 @@ pub use memory::{MemNetwork, MemTransport};
 pub use quic::{
     restart_stable_endpoint_config, InboundStats, PeerStatus, QuicConfig, QuicTransport, TransportError,
 };
+pub use snapshot::{IncomingSnapshot, OutgoingSnapshot, SnapshotSend, SnapshotSendError};
 pub use tls::{node_id_from_cert, node_server_name, TlsError, TlsMaterial};
 
 /// Outgoing half of a peer transport.
@@ -49,6 +54,21 @@ pub trait Transport: Send + Sync + 'static {
     fn remove_peer(&self, id: NodeId) {
         let _ = id;
     }
+
+    /// Streams a snapshot file to `to` on its own stream, beside the message stream.
+    /// The returned future resolves when the receiver answered (see
+    /// [`IncomingSnapshot::reply`]) or the transfer failed. The default refuses.
+    fn send_snapshot(&self, to: NodeId, snapshot: OutgoingSnapshot) -> SnapshotSend {
+        let _ = (to, snapshot);
+        snapshot::failed(SnapshotSendError::Unsupported)
+    }
+
+    /// The channel on which snapshots sent to this node arrive. The first call takes
+    /// it (the sidecar does, at start); later calls, and transports without snapshot
+    /// support, return `None`.
+    fn take_snapshot_inbox(&self) -> Option<mpsc::Receiver<IncomingSnapshot>> {
+        None
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
@@ -62,5 +82,13 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
 
     fn remove_peer(&self, id: NodeId) {
         (**self).remove_peer(id)
+    }
+
+    fn send_snapshot(&self, to: NodeId, snapshot: OutgoingSnapshot) -> SnapshotSend {
+        (**self).send_snapshot(to, snapshot)
+    }
+
+    fn take_snapshot_inbox(&self) -> Option<mpsc::Receiver<IncomingSnapshot>> {
+        (**self).take_snapshot_inbox()
     }
 }

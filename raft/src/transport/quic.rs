@@ -25,8 +25,17 @@
 //! channel given to [`QuicTransport::bind`]; a full channel back-pressures the
 //! stream (and so, through QUIC flow control, that sender only).
 //!
-//! Each stream starts with a kind byte, so that a snapshot stream kind can be added
-//! next to [`StreamKind::Messages`] without changing the framing.
+//! **Snapshots.** [`Transport::send_snapshot`] opens a bidirectional stream of kind
+//! [`StreamKind::Snapshot`] on the peer's current connection (waiting up to the
+//! connect timeout for the message task to dial it), at a lower priority than the
+//! message stream so that heartbeats go first, and streams the file's chunks in frames
+//! of at most the maximum frame length; the receiver hands them to the snapshot inbox
+//! ([`Transport::take_snapshot_inbox`]) and answers with an acknowledgement once its
+//! sidecar has accepted or refused the snapshot. At most
+//! [`MAX_INBOUND_SNAPSHOT_STREAMS`] snapshot streams per connection are open at once;
+//! one the inbox has no room for is refused as busy.
+//!
+//! Each stream starts with a kind byte ([`StreamKind`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -38,12 +47,18 @@ use futures_util::{SinkExt, StreamExt};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::frame::{Frame, FrameCodec, FrameError, FrameRef, Hello, StreamKind, DEFAULT_MAX_FRAME_LEN};
+use super::frame::{
+    Frame, FrameCodec, FrameError, FrameRef, Hello, SnapshotAck, SnapshotHeader, StreamKind,
+    DEFAULT_MAX_FRAME_LEN, SNAPSHOT_CHUNK_OVERHEAD,
+};
+use super::snapshot::{
+    failed, IncomingSnapshot, OutgoingSnapshot, SnapshotSend, SnapshotSendError, SNAPSHOT_CHUNKS_IN_FLIGHT,
+};
 use super::tls::{build_tls_configs, node_id_from_cert, node_server_name, TlsError, TlsMaterial};
 use super::Transport;
 use crate::core::{Message, NodeAddr, NodeId};
@@ -62,6 +77,13 @@ pub const CLOSE_BAD_ADDRESS: u32 = 3;
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 /// At most this many streams may be open from one peer at once.
 const MAX_INBOUND_STREAMS: u32 = 8;
+/// At most this many snapshot streams may be open from one peer at once.
+pub const MAX_INBOUND_SNAPSHOT_STREAMS: u32 = 2;
+/// Snapshot transfers waiting for the sidecar before more are refused as busy.
+const SNAPSHOT_INBOX: usize = 2;
+/// How long a snapshot's sender waits for the receiver's verdict after the last byte
+/// (the receiver installs the snapshot before it answers).
+const SNAPSHOT_ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Configuration of a [`QuicTransport`].
 #[derive(Clone, Debug)]
@@ -221,6 +243,8 @@ struct Peer {
     sent: AtomicU64,
     dropped: AtomicU64,
     connects: AtomicU64,
+    /// The current outbound connection, shared with snapshot transfers.
+    conn: watch::Sender<Option<Connection>>,
 }
 
 impl Peer {
@@ -260,6 +284,8 @@ struct Shared {
     accept_unknown_peers: bool,
     inbound_conns: Mutex<HashMap<usize, (NodeId, Connection)>>,
     inbound: mpsc::Sender<Message>,
+    snapshot_tx: mpsc::Sender<IncomingSnapshot>,
+    snapshot_rx: Mutex<Option<mpsc::Receiver<IncomingSnapshot>>>,
     counters: InboundCounters,
     unknown_dropped: AtomicU64,
     cancel: CancellationToken,
@@ -287,6 +313,7 @@ fn transport_config(
     idle: Duration,
     keep_alive: Option<Duration>,
     uni_streams: u32,
+    bidi_streams: u32,
 ) -> Result<quinn::TransportConfig, TransportError> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
@@ -294,7 +321,7 @@ fn transport_config(
             .map_err(|_| TransportError::Config("idle_timeout out of range"))?,
     ))
     .keep_alive_interval(keep_alive)
-    .max_concurrent_bidi_streams(VarInt::from_u32(0))
+    .max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams))
     .max_concurrent_uni_streams(VarInt::from_u32(uni_streams))
     .datagram_receive_buffer_size(None);
     Ok(t)
@@ -364,11 +391,13 @@ impl QuicTransport {
             config.idle_timeout,
             None,
             MAX_INBOUND_STREAMS,
+            MAX_INBOUND_SNAPSHOT_STREAMS,
         )?));
         let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls.client)?));
         client.transport_config(Arc::new(transport_config(
             config.idle_timeout,
             Some(config.keep_alive),
+            0,
             0,
         )?));
 
@@ -386,6 +415,7 @@ impl QuicTransport {
         };
         endpoint.set_default_client_config(client);
         let local_addr = endpoint.local_addr()?;
+        let (snapshot_tx, snapshot_rx) = mpsc::channel(SNAPSHOT_INBOX);
 
         let shared = Arc::new(Shared {
             node_id: config.node_id,
@@ -403,6 +433,8 @@ impl QuicTransport {
             accept_unknown_peers: config.accept_unknown_peers,
             inbound_conns: Mutex::new(HashMap::new()),
             inbound,
+            snapshot_tx,
+            snapshot_rx: Mutex::new(Some(snapshot_rx)),
             counters: InboundCounters::default(),
             unknown_dropped: AtomicU64::new(0),
             cancel: CancellationToken::new(),
@@ -574,6 +606,28 @@ impl Transport for QuicTransport {
     fn remove_peer(&self, id: NodeId) {
         QuicTransport::remove_peer(self, id)
     }
+
+    fn send_snapshot(&self, to: NodeId, snapshot: OutgoingSnapshot) -> SnapshotSend {
+        let peer = self
+            .shared
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to)
+            .cloned();
+        let Some(peer) = peer else {
+            return failed(SnapshotSendError::Unreachable(format!("node {to} is not a peer")));
+        };
+        Box::pin(self.shared.clone().send_snapshot_to(peer, snapshot))
+    }
+
+    fn take_snapshot_inbox(&self) -> Option<mpsc::Receiver<IncomingSnapshot>> {
+        self.shared
+            .snapshot_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
 }
 
 /// Why an outbound connection stopped.
@@ -655,6 +709,7 @@ impl Shared {
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             connects: AtomicU64::new(0),
+            conn: watch::Sender::new(None),
         });
         peers.insert(id, peer.clone());
         drop(peers);
@@ -693,12 +748,14 @@ impl Shared {
                 Ok((conn, writer)) => {
                     peer.connected.store(true, Ordering::Relaxed);
                     peer.connects.fetch_add(1, Ordering::Relaxed);
+                    peer.conn.send_replace(Some(conn.clone()));
                     tracing::debug!(peer = peer.id, %addr, "connected");
                     let since = Instant::now();
                     let end = self
                         .pump(&peer, &conn, writer, &mut rx, &mut batch, &mut addr_rx)
                         .await;
                     peer.connected.store(false, Ordering::Relaxed);
+                    peer.conn.send_replace(None);
                     match end {
                         PumpEnd::Cancelled => {
                             conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
@@ -886,20 +943,22 @@ impl Shared {
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%remote, peer, "accepted peer connection");
             loop {
-                let recv = tokio::select! {
+                let stream = tokio::select! {
                     _ = self.cancel.cancelled() => break,
-                    r = conn.accept_uni() => match r {
-                        Ok(recv) => recv,
-                        Err(error) => {
-                            tracing::debug!(%remote, peer, %error, "inbound connection ended");
-                            break;
-                        }
-                    },
+                    r = conn.accept_uni() => r.map(|recv| (None, recv)),
+                    r = conn.accept_bi() => r.map(|(send, recv)| (Some(send), recv)),
+                };
+                let (send, recv) = match stream {
+                    Ok(s) => s,
+                    Err(error) => {
+                        tracing::debug!(%remote, peer, %error, "inbound connection ended");
+                        break;
+                    }
                 };
                 let shared = self.clone();
                 let conn = conn.clone();
                 self.tasks.spawn(async move {
-                    if let ReadEnd::Violation(code, reason) = shared.read_stream(peer, recv).await {
+                    if let ReadEnd::Violation(code, reason) = shared.read_stream(peer, send, recv).await {
                         shared.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(remote = %conn.remote_address(), peer, %reason,
                             "closing peer connection: protocol violation");
@@ -916,7 +975,9 @@ impl Shared {
             .remove(&key);
     }
 
-    async fn read_stream(&self, peer: NodeId, mut recv: RecvStream) -> ReadEnd {
+    /// Reads one inbound stream: unidirectional ones carry messages, bidirectional ones
+    /// a snapshot (`send` is the answering half).
+    async fn read_stream(&self, peer: NodeId, send: Option<SendStream>, mut recv: RecvStream) -> ReadEnd {
         let mut kind = [0u8; 1];
         let read = tokio::select! {
             _ = self.cancel.cancelled() => return ReadEnd::Done,
@@ -929,10 +990,205 @@ impl Shared {
             }
             Err(quinn::ReadExactError::ReadError(_)) => return ReadEnd::Done,
         }
-        match StreamKind::from_byte(kind[0]) {
-            Ok(StreamKind::Messages) => self.read_messages(peer, recv).await,
-            Err(e) => e.into(),
+        match (StreamKind::from_byte(kind[0]), send) {
+            (Ok(StreamKind::Messages), None) => self.read_messages(peer, recv).await,
+            (Ok(StreamKind::Snapshot), Some(send)) => self.read_snapshot(peer, send, recv).await,
+            (Ok(kind), _) => ReadEnd::Violation(
+                CLOSE_PROTOCOL,
+                format!("stream kind {kind:?} on the wrong kind of QUIC stream"),
+            ),
+            (Err(e), _) => e.into(),
         }
+    }
+
+    // ----- snapshots -----
+
+    /// Streams a snapshot on the peer's current connection.
+    async fn send_snapshot_to(
+        self: Arc<Self>,
+        peer: Arc<Peer>,
+        snapshot: OutgoingSnapshot,
+    ) -> Result<(), SnapshotSendError> {
+        let mut conn_rx = peer.conn.subscribe();
+        let waited = tokio::select! {
+            _ = peer.cancel.cancelled() => None,
+            r = tokio::time::timeout(self.connect_timeout, conn_rx.wait_for(Option::is_some)) => {
+                r.ok().and_then(|r| r.ok()).and_then(|c| c.clone())
+            }
+        };
+        let Some(conn) = waited else {
+            return Err(SnapshotSendError::Unreachable(format!(
+                "no connection to node {}",
+                peer.id
+            )));
+        };
+        tokio::select! {
+            _ = peer.cancel.cancelled() => Err(SnapshotSendError::Unreachable("peer removed or shutting down".into())),
+            r = self.stream_snapshot(&conn, peer.id, snapshot) => r,
+        }
+    }
+
+    async fn stream_snapshot(
+        &self,
+        conn: &Connection,
+        to: NodeId,
+        snapshot: OutgoingSnapshot,
+    ) -> Result<(), SnapshotSendError> {
+        fn fail(e: impl std::fmt::Display) -> SnapshotSendError {
+            SnapshotSendError::Failed(e.to_string())
+        }
+        let OutgoingSnapshot {
+            term,
+            len,
+            mut chunks,
+        } = snapshot;
+        let (mut send, recv) = conn.open_bi().await.map_err(fail)?;
+        // Heartbeats and appends on the message stream go first.
+        let _ = send.set_priority(-1);
+        send.write_all(&[StreamKind::Snapshot.as_byte()])
+            .await
+            .map_err(fail)?;
+        let mut writer = FramedWrite::new(send, FrameCodec::new(self.max_frame_len));
+        let header = SnapshotHeader {
+            from: self.node_id,
+            to,
+            term,
+            len,
+        };
+        writer
+            .send(FrameRef::SnapshotHeader(&header))
+            .await
+            .map_err(fail)?;
+        let max_chunk = self.max_frame_len.saturating_sub(SNAPSHOT_CHUNK_OVERHEAD).max(1);
+        let mut sent = 0u64;
+        while sent < len {
+            let Some(mut chunk) = chunks.recv().await else {
+                let _ = writer.get_mut().reset(VarInt::from_u32(CLOSE_SHUTDOWN));
+                return Err(SnapshotSendError::Source);
+            };
+            sent += chunk.len() as u64;
+            if sent > len {
+                let _ = writer.get_mut().reset(VarInt::from_u32(CLOSE_SHUTDOWN));
+                return Err(SnapshotSendError::Source);
+            }
+            while !chunk.is_empty() {
+                let piece = chunk.split_to(chunk.len().min(max_chunk));
+                writer.send(FrameRef::SnapshotChunk(&piece)).await.map_err(fail)?;
+            }
+        }
+        writer.into_inner().finish().map_err(fail)?;
+        let mut reader = FramedRead::new(recv, FrameCodec::new(self.max_frame_len));
+        match tokio::time::timeout(SNAPSHOT_ANSWER_TIMEOUT, reader.next()).await {
+            Err(_) => Err(SnapshotSendError::Failed("no answer from the receiver".into())),
+            Ok(None) => Err(SnapshotSendError::Failed(
+                "the receiver closed the stream without answering".into(),
+            )),
+            Ok(Some(Err(e))) => Err(fail(e)),
+            Ok(Some(Ok(Frame::SnapshotAck(ack)))) if ack.ok => Ok(()),
+            Ok(Some(Ok(Frame::SnapshotAck(ack)))) => Err(SnapshotSendError::Rejected(ack.reason)),
+            Ok(Some(Ok(_))) => Err(SnapshotSendError::Failed(
+                "unexpected frame instead of the snapshot answer".into(),
+            )),
+        }
+    }
+
+    /// Receives one snapshot: hands its chunks to the inbox, then answers with the
+    /// sidecar's verdict.
+    async fn read_snapshot(&self, peer: NodeId, send: SendStream, recv: RecvStream) -> ReadEnd {
+        let mut frames = FramedRead::new(recv, FrameCodec::new(self.max_frame_len));
+        let first = tokio::select! {
+            _ = self.cancel.cancelled() => return ReadEnd::Done,
+            f = frames.next() => f,
+        };
+        let header = match first {
+            None => return ReadEnd::Done,
+            Some(Err(e)) => return e.into(),
+            Some(Ok(Frame::SnapshotHeader(h))) => h,
+            Some(Ok(_)) => {
+                return ReadEnd::Violation(CLOSE_PROTOCOL, "snapshot stream without a header".into())
+            }
+        };
+        if header.from != peer || header.to != self.node_id {
+            return ReadEnd::Violation(
+                CLOSE_BAD_ADDRESS,
+                format!("snapshot from {} to {}", header.from, header.to),
+            );
+        }
+        let mut answer = FramedWrite::new(send, FrameCodec::new(self.max_frame_len));
+        let (chunk_tx, chunk_rx) = mpsc::channel(SNAPSHOT_CHUNKS_IN_FLIGHT);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let offered = self.snapshot_tx.try_send(IncomingSnapshot {
+            from: peer,
+            term: header.term,
+            len: header.len,
+            chunks: chunk_rx,
+            reply: reply_tx,
+        });
+        if offered.is_err() {
+            let ack = SnapshotAck {
+                ok: false,
+                reason: "busy: too many snapshot transfers in progress".into(),
+            };
+            let _ = answer.send(FrameRef::SnapshotAck(&ack)).await;
+            let _ = answer.into_inner().finish();
+            return ReadEnd::Done;
+        }
+        let mut got = 0u64;
+        while got < header.len {
+            let frame = tokio::select! {
+                _ = self.cancel.cancelled() => return ReadEnd::Done,
+                f = frames.next() => f,
+            };
+            match frame {
+                // The transfer broke: dropping `chunk_tx` short tells the receiver.
+                None => return ReadEnd::Done,
+                Some(Err(e)) => return e.into(),
+                Some(Ok(Frame::SnapshotChunk(data))) => {
+                    got += data.len() as u64;
+                    if got > header.len {
+                        return ReadEnd::Violation(
+                            CLOSE_PROTOCOL,
+                            format!("more snapshot bytes than the {} announced", header.len),
+                        );
+                    }
+                    let delivered = tokio::select! {
+                        _ = self.cancel.cancelled() => return ReadEnd::Done,
+                        r = chunk_tx.send(data) => r.is_ok(),
+                    };
+                    if !delivered {
+                        // The receiver gave up (the data did not verify, or it is
+                        // shutting down); its verdict follows.
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {
+                    return ReadEnd::Violation(CLOSE_PROTOCOL, "unexpected frame in a snapshot stream".into())
+                }
+            }
+        }
+        drop(chunk_tx);
+        let verdict = tokio::select! {
+            _ = self.cancel.cancelled() => return ReadEnd::Done,
+            r = tokio::time::timeout(SNAPSHOT_ANSWER_TIMEOUT, reply_rx) => r,
+        };
+        let ack = match verdict {
+            Ok(Ok(Ok(()))) => SnapshotAck {
+                ok: true,
+                reason: String::new(),
+            },
+            Ok(Ok(Err(reason))) => SnapshotAck { ok: false, reason },
+            Ok(Err(_)) => SnapshotAck {
+                ok: false,
+                reason: "the receiving node dropped the snapshot".into(),
+            },
+            Err(_) => SnapshotAck {
+                ok: false,
+                reason: "the receiving node did not decide in time".into(),
+            },
+        };
+        let _ = answer.send(FrameRef::SnapshotAck(&ack)).await;
+        let _ = answer.into_inner().finish();
+        ReadEnd::Done
     }
 
     async fn read_messages(&self, peer: NodeId, recv: RecvStream) -> ReadEnd {
@@ -984,6 +1240,9 @@ impl Shared {
                         return ReadEnd::Done;
                     }
                     self.counters.received.fetch_add(1, Ordering::Relaxed);
+                }
+                Frame::SnapshotHeader(_) | Frame::SnapshotChunk(_) | Frame::SnapshotAck(_) => {
+                    return ReadEnd::Violation(CLOSE_PROTOCOL, "snapshot frame on the message stream".into())
                 }
             }
             first = false;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raft::core::{Index, Membership, NodeAddr, NodeId};
-use raft::sidecar::{RaftHandle, Sidecar, SidecarConfig, SidecarError, StateMachine};
-use raft::storage::{MemStore, RedbStore};
+use raft::sidecar::{RaftHandle, Sidecar, SidecarConfig, SidecarError, SnapshotCapture, StateMachine};
+use raft::storage::{MemStore, RedbStore, SnapshotStore};
 use raft::transport::certs::ClusterCa;
 use raft::transport::fault::{Faults, FaultyTransport};
 use raft::transport::memory::MemNetwork;
@@ -22,9 +22,23 @@ use tokio::sync::mpsc;
 /// Applied commands, in order, as (index, payload).
 pub type AppliedLog = Arc<Mutex<Vec<(Index, Bytes)>>>;
 
-/// A state machine that records what it applies and answers with the index.
+/// What happened to a node's state machine in its current incarnation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SmEvent {
+    /// `apply` at this index.
+    Apply(Index),
+    /// `restore` from a snapshot at this index.
+    Restore(Index),
+}
+
+/// A state machine that records what it applies and answers with the index. Its state
+/// is the applied sequence itself, so a snapshot carries the whole history and a node
+/// that installed one holds the same sequence as one that applied every entry.
 pub struct Recorder {
     pub log: AppliedLog,
+    pub events: Arc<Mutex<Vec<SmEvent>>>,
+    /// How long encoding an image takes (to show it runs off the driver).
+    pub encode_delay: Duration,
 }
 
 impl StateMachine for Recorder {
@@ -33,13 +47,59 @@ impl StateMachine for Recorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((index, Bytes::copy_from_slice(command)));
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(SmEvent::Apply(index));
         Bytes::copy_from_slice(&index.to_be_bytes())
     }
-    fn snapshot(&self) -> Bytes {
-        Bytes::new()
+    fn snapshot(&self) -> SnapshotCapture {
+        let state = self.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let delay = self.encode_delay;
+        Box::new(move || {
+            std::thread::sleep(delay);
+            let flat: Vec<(Index, Vec<u8>)> = state.into_iter().map(|(i, b)| (i, b.to_vec())).collect();
+            Bytes::from(postcard::to_stdvec(&flat).unwrap_or_default())
+        })
     }
-    fn restore(&mut self, _index: Index, _image: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, index: Index, image: &[u8]) -> Result<(), String> {
+        let flat: Vec<(Index, Vec<u8>)> = postcard::from_bytes(image).map_err(|e| e.to_string())?;
+        if flat.last().is_some_and(|(i, _)| *i > index) {
+            return Err(format!("image holds entries past its index {index}"));
+        }
+        *self.log.lock().unwrap_or_else(|e| e.into_inner()) =
+            flat.into_iter().map(|(i, b)| (i, Bytes::from(b))).collect();
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(SmEvent::Restore(index));
         Ok(())
+    }
+}
+
+/// Knobs of a test cluster, kept for restarts.
+#[derive(Clone)]
+pub struct Options {
+    /// Changes to every node's sidecar configuration.
+    pub configure: fn(&mut SidecarConfig),
+    /// Snapshot files in a directory per node (else an in-memory store kept across
+    /// restarts). QUIC clusters always use directories.
+    pub snapshot_dirs: bool,
+    /// See [`Recorder::encode_delay`].
+    pub encode_delay: Duration,
+    /// QUIC clusters: in-memory log stores instead of redb files (to measure what
+    /// the disk costs).
+    pub memory_log: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            configure: |_| {},
+            snapshot_dirs: false,
+            encode_delay: Duration::ZERO,
+            memory_log: false,
+        }
     }
 }
 
@@ -83,6 +143,12 @@ pub struct TestNode {
     pub raft_addr: Option<SocketAddr>,
     /// The QUIC transport (QUIC clusters only; dropped when the node is killed).
     pub quic: Option<Arc<FaultyTransport<QuicTransport>>>,
+    /// The state machine's applies and restores in this incarnation.
+    pub events: Arc<Mutex<Vec<SmEvent>>>,
+    /// The node's snapshot store (a directory store is reopened on restart).
+    pub snapshots: SnapshotStore,
+    /// The directory of the snapshot store, if it is one.
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// Where the cluster's nodes talk.
@@ -99,8 +165,9 @@ pub struct Cluster {
     pub faults: Arc<Faults>,
     pub membership: Membership,
     pub net: Net,
-    /// Applied to every node's configuration when it starts.
-    pub tweak: fn(&mut SidecarConfig),
+    pub options: Options,
+    /// Holds the nodes' snapshot directories.
+    pub tmp: tempfile::TempDir,
 }
 
 fn node_runtime(id: NodeId) -> tokio::runtime::Runtime {
@@ -123,11 +190,11 @@ async fn on_runtime<T: Send + 'static>(
 impl Cluster {
     /// `n` nodes over the in-memory network with in-memory stores.
     pub async fn memory(n: u64) -> Cluster {
-        Cluster::memory_with(n, |_| {}).await
+        Self::memory_with(n, Options::default()).await
     }
 
-    /// Like [`Cluster::memory`], with `tweak` applied to every node's configuration.
-    pub async fn memory_with(n: u64, tweak: fn(&mut SidecarConfig)) -> Cluster {
+    /// `n` nodes over the in-memory network with in-memory log stores and `options`.
+    pub async fn memory_with(n: u64, options: Options) -> Cluster {
         let faults = Faults::new();
         let net = MemNetwork::with_faults(faults.clone());
         let membership = Membership::with_voters(1..=n);
@@ -136,10 +203,12 @@ impl Cluster {
             faults,
             membership,
             net: Net::Memory(net),
-            tweak,
+            options,
+            tmp: tempfile::tempdir().expect("tempdir"),
         };
         for id in 1..=n {
-            cluster.start_memory_node(id, MemStore::new()).await;
+            let snapshots = cluster.new_snapshot_store(id);
+            cluster.start_memory_node(id, MemStore::new(), snapshots).await;
         }
         cluster
     }
@@ -147,35 +216,84 @@ impl Cluster {
     /// Start node `id` with an empty store and no configuration, to be added to the
     /// running cluster (it joins the in-memory network at once).
     pub async fn join_memory_node(&mut self, id: NodeId) {
-        self.start_memory_node_with(id, MemStore::new(), true).await;
+        let snapshots = self.new_snapshot_store(id);
+        self.try_start_memory_node_as(id, MemStore::new(), snapshots, true)
+            .await
+            .expect("sidecar starts");
     }
 
-    async fn start_memory_node(&mut self, id: NodeId, store: MemStore) {
-        self.start_memory_node_with(id, store, false).await;
+    fn snapshot_dir_of(&self, id: NodeId) -> PathBuf {
+        self.tmp.path().join(format!("node-{id}-snapshots"))
     }
 
-    async fn start_memory_node_with(&mut self, id: NodeId, store: MemStore, join: bool) {
+    fn new_snapshot_store(&self, id: NodeId) -> SnapshotStore {
+        if self.options.snapshot_dirs {
+            SnapshotStore::open_dir(self.snapshot_dir_of(id)).expect("snapshot dir")
+        } else {
+            SnapshotStore::in_memory()
+        }
+    }
+
+    fn recorder(&self) -> (Recorder, AppliedLog, Arc<Mutex<Vec<SmEvent>>>) {
+        let applied: AppliedLog = Arc::default();
+        let events: Arc<Mutex<Vec<SmEvent>>> = Arc::default();
+        let sm = Recorder {
+            log: applied.clone(),
+            events: events.clone(),
+            encode_delay: self.options.encode_delay,
+        };
+        (sm, applied, events)
+    }
+
+    fn config(&self, id: NodeId) -> SidecarConfig {
+        let mut cfg = fast_config(id, &self.membership);
+        (self.options.configure)(&mut cfg);
+        cfg
+    }
+
+    /// Starts node `id`; the error if it cannot start.
+    pub async fn try_start_memory_node(
+        &mut self,
+        id: NodeId,
+        store: MemStore,
+        snapshots: SnapshotStore,
+    ) -> Result<(), raft::sidecar::StartError> {
+        self.try_start_memory_node_as(id, store, snapshots, false).await
+    }
+
+    /// Starts node `id`, as a joining node (no configuration) if `join`.
+    async fn try_start_memory_node_as(
+        &mut self,
+        id: NodeId,
+        store: MemStore,
+        snapshots: SnapshotStore,
+        join: bool,
+    ) -> Result<(), raft::sidecar::StartError> {
         let Net::Memory(net) = &self.net else {
             unreachable!()
         };
         let rt = node_runtime(id);
         let (tx, rx) = mpsc::channel(4096);
         let transport = Arc::new(FaultyTransport::new(id, net.join(id, tx), self.faults.clone()));
-        let applied: AppliedLog = Arc::default();
-        let sm = Recorder { log: applied.clone() };
-        let mut cfg = fast_config(id, &self.membership);
+        let (sm, applied, events) = self.recorder();
+        let mut cfg = self.config(id);
         if join {
             cfg.bootstrap = None;
             cfg.join = true;
         }
-        (self.tweak)(&mut cfg);
-        let s = store.clone();
-        let handle = on_runtime(
-            &rt,
-            async move { Sidecar::start(cfg, s, transport, rx, sm).await },
-        )
-        .await
-        .expect("sidecar starts");
+        let (s, snaps) = (store.clone(), snapshots.clone());
+        let handle = on_runtime(&rt, async move {
+            Sidecar::start_with_snapshots(cfg, s, snaps, transport, rx, sm).await
+        })
+        .await;
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                rt.shutdown_background();
+                return Err(e);
+            }
+        };
+        let snapshot_dir = self.options.snapshot_dirs.then(|| self.snapshot_dir_of(id));
         self.nodes.insert(
             id,
             TestNode {
@@ -187,18 +305,27 @@ impl Cluster {
                 redb_path: None,
                 raft_addr: None,
                 quic: None,
+                events,
+                snapshots,
+                snapshot_dir,
             },
         );
+        Ok(())
+    }
+
+    async fn start_memory_node(&mut self, id: NodeId, store: MemStore, snapshots: SnapshotStore) {
+        self.try_start_memory_node(id, store, snapshots)
+            .await
+            .expect("sidecar starts");
     }
 
     /// `n` nodes over real QUIC on 127.0.0.1 with mutual TLS and redb stores.
     pub async fn quic(n: u64) -> Cluster {
-        Self::quic_with(n, false).await
+        Self::quic_with(n, Options::default()).await
     }
 
-    /// `n` nodes over real QUIC; with `memory_stores`, in-memory stores instead of
-    /// redb files (to measure what the disk costs).
-    pub async fn quic_with(n: u64, memory_stores: bool) -> Cluster {
+    /// `n` nodes over real QUIC with redb stores, snapshot directories and `options`.
+    pub async fn quic_with(n: u64, options: Options) -> Cluster {
         let faults = Faults::new();
         let ca = ClusterCa::generate().expect("ca");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -224,10 +351,11 @@ impl Cluster {
             faults,
             membership,
             net: Net::Quic { ca, dir },
-            tweak: |_| {},
+            options,
+            tmp: tempfile::tempdir().expect("tempdir"),
         };
         for (&id, &addr) in &addrs {
-            let mem = memory_stores.then(MemStore::new);
+            let mem = cluster.options.memory_log.then(MemStore::new);
             cluster.start_quic_node(id, addr, &addrs, mem, false).await;
         }
         cluster
@@ -266,14 +394,15 @@ impl Cluster {
             }
         }
         let rt = node_runtime(id);
-        let applied: AppliedLog = Arc::default();
-        let sm = Recorder { log: applied.clone() };
-        let mut cfg = fast_config(id, &self.membership);
+        let (sm, applied, events) = self.recorder();
+        let mut cfg = self.config(id);
         if join {
             cfg.bootstrap = None;
             cfg.join = true;
         }
-        (self.tweak)(&mut cfg);
+        let snapshot_dir = self.snapshot_dir_of(id);
+        cfg.snapshot_dir = Some(snapshot_dir.clone());
+        let snapshots = SnapshotStore::open_dir(&snapshot_dir).expect("snapshot dir");
         let faults = self.faults.clone();
         let p = path.clone();
         let mem = mem_store.clone();
@@ -304,6 +433,9 @@ impl Cluster {
                 mem_store,
                 raft_addr: Some(addr),
                 quic: Some(quic),
+                events,
+                snapshots,
+                snapshot_dir: Some(snapshot_dir),
             },
         );
     }
@@ -327,7 +459,11 @@ impl Cluster {
         match &self.net {
             Net::Memory(_) => {
                 let store = node.mem_store.expect("memory store");
-                self.start_memory_node(id, store).await;
+                let snapshots = match &node.snapshot_dir {
+                    Some(dir) => SnapshotStore::open_dir(dir).expect("snapshot dir"),
+                    None => node.snapshots.clone(),
+                };
+                self.start_memory_node(id, store, snapshots).await;
             }
             Net::Quic { .. } => {
                 let addr = node.raft_addr.expect("addr");
