@@ -23,8 +23,8 @@
 //! `gateway admin` maps the id to one and retries there). Refusals carry
 //! `{"ok": false, "error": <kind>, "message": <text>}`: `400 invalid_change`,
 //! `409 change_in_progress | learner_behind | transfer_refused | not_committed`,
-//! `410 removed`,
-//! `501 not_supported`, `503 no_leader | stopped`, `504 outcome_unknown` (the change
+//! `410 removed`, `500 snapshot_failed`,
+//! `503 no_leader | stopped`, `504 outcome_unknown` (the change
 //! may still commit: check `members`).
 
 use std::collections::HashMap;
@@ -345,6 +345,9 @@ impl AdminError {
                 format!("{message}; check `gateway admin members` before retrying"),
             ),
             SidecarError::Stopped(_) => AdminError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", message),
+            SidecarError::Snapshot(_) => {
+                AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "snapshot_failed", message)
+            }
             other => AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
         }
     }
@@ -579,19 +582,18 @@ async fn transfer_leader(
     }
 }
 
-/// Asks the sidecar for a snapshot now. The snapshot work adds
-/// `RaftHandle::snapshot_now`; this build does not have it, so the endpoint says so.
-async fn snapshot_now(_raft: &RaftHandle) -> Result<serde_json::Value, AdminError> {
-    Err(AdminError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_supported",
-        "snapshots are not supported yet by this build",
-    ))
-}
-
+/// Takes a snapshot of this node's state machine now, writes it durably and compacts
+/// the log behind it (keeping the configured tail). Any node can take its own.
 async fn snapshot(State(state): State<AdminState>) -> Result<Response, AdminError> {
-    let report = snapshot_now(&state.raft).await?;
-    Ok(Json(report).into_response())
+    match state.raft.snapshot_now().await {
+        Ok(index) => Ok(Json(serde_json::json!({
+            "ok": true,
+            "node": state.raft.id(),
+            "index": index,
+        }))
+        .into_response()),
+        Err(e) => Err(AdminError::from_sidecar(e, &state)),
+    }
 }
 
 /// The admin routes.

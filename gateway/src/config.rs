@@ -36,6 +36,12 @@
 //! propose_timeout_ms = 5000
 //! read_timeout_ms = 5000
 //!
+//! [snapshot]
+//! every_entries = 100000
+//! every_bytes = 268435456
+//! keep_entries = 10000
+//! files_kept = 2
+//!
 //! [[peers]]
 //! id = 1
 //! raft_addr = "127.0.0.1:7000"
@@ -248,9 +254,55 @@ pub struct RawConfig {
     /// Raft timings.
     #[serde(default, skip_serializing_if = "is_default")]
     pub timings: RawTimings,
+    /// Snapshot and log compaction policy.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub snapshot: RawSnapshot,
     /// The cluster's members (this node may be listed too).
     #[serde(default)]
     pub peers: Vec<RawPeer>,
+}
+
+/// The `[snapshot]` section as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSnapshot {
+    /// Snapshot after this many applied entries (0: never by count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every_entries: Option<u64>,
+    /// Snapshot after this many applied payload bytes (0: never by size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every_bytes: Option<u64>,
+    /// Log entries kept behind a snapshot for slow followers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_entries: Option<u64>,
+    /// Snapshot files kept (at least 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_kept: Option<usize>,
+}
+
+/// Snapshot policy, validated (see [`raft::sidecar::SidecarConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// `snapshot.every_entries`.
+    pub every_entries: u64,
+    /// `snapshot.every_bytes`.
+    pub every_bytes: u64,
+    /// `snapshot.keep_entries`.
+    pub keep_entries: u64,
+    /// `snapshot.files_kept`.
+    pub files_kept: usize,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        let d = SidecarConfig::new(1);
+        SnapshotPolicy {
+            every_entries: d.snapshot_entries,
+            every_bytes: d.snapshot_bytes,
+            keep_entries: d.snapshot_keep_entries,
+            files_kept: d.snapshots_kept,
+        }
+    }
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -397,6 +449,8 @@ pub struct NodeConfig {
     pub client_max_frame_len: usize,
     /// Raft timings.
     pub timings: Timings,
+    /// Snapshot and compaction policy.
+    pub snapshot: SnapshotPolicy,
     /// Every member, this node included, sorted by id, with the addresses the others
     /// reach it at.
     pub peers: Vec<Peer>,
@@ -456,6 +510,10 @@ impl NodeConfig {
         }
         // Snapshot files live next to the log: the log is compacted behind them.
         c.snapshot_dir = Some(self.data_dir.join("snapshots"));
+        c.snapshot_entries = self.snapshot.every_entries;
+        c.snapshot_bytes = self.snapshot.every_bytes;
+        c.snapshot_keep_entries = self.snapshot.keep_entries;
+        c.snapshots_kept = self.snapshot.files_kept;
         c
     }
 }
@@ -660,6 +718,20 @@ impl RawConfig {
             ));
         }
         let timings = self.validate_timings(origin)?;
+        let snapshot = {
+            let d = SnapshotPolicy::default();
+            let r = &self.snapshot;
+            let files_kept = r.files_kept.unwrap_or(d.files_kept);
+            if files_kept == 0 {
+                return Err(field_err(origin, "snapshot.files_kept", "must be at least 1"));
+            }
+            SnapshotPolicy {
+                every_entries: r.every_entries.unwrap_or(d.every_entries),
+                every_bytes: r.every_bytes.unwrap_or(d.every_bytes),
+                keep_entries: r.keep_entries.unwrap_or(d.keep_entries),
+                files_kept,
+            }
+        };
         let peers = self.validate_peers(origin, id, raft_listen, client_listen)?;
         Ok(NodeConfig {
             id,
@@ -674,6 +746,7 @@ impl RawConfig {
             client_token: self.client.token.clone(),
             client_max_frame_len,
             timings,
+            snapshot,
             peers,
             source: None,
         })
@@ -892,6 +965,34 @@ mod tests {
         raw.timings.election_ticks = Some(5);
         let err = raw.validate("t").unwrap_err();
         assert_eq!(err.field(), Some("timings.election_ticks"));
+    }
+
+    #[test]
+    fn snapshot_policy_reaches_the_sidecar() {
+        let mut raw = minimal();
+        raw.snapshot = toml::from_str("every_entries = 500\nkeep_entries = 50\nfiles_kept = 3\n")
+            .expect("snapshot section");
+        let cfg = raw.validate("t").expect("valid");
+        let sc = cfg.sidecar_config();
+        assert_eq!(
+            (sc.snapshot_entries, sc.snapshot_keep_entries, sc.snapshots_kept),
+            (500, 50, 3)
+        );
+        assert_eq!(
+            sc.snapshot_bytes,
+            SidecarConfig::new(1).snapshot_bytes,
+            "default kept"
+        );
+
+        raw.snapshot.files_kept = Some(0);
+        assert_eq!(
+            raw.validate("t").unwrap_err().field(),
+            Some("snapshot.files_kept")
+        );
+        assert!(
+            toml::from_str::<RawSnapshot>("every_entry = 5").is_err(),
+            "unknown key refused"
+        );
     }
 
     #[test]

@@ -350,6 +350,7 @@ pub fn init_cluster(opts: &InitOptions) -> Result<ClusterSummary, InitError> {
                 max_frame_len: None,
             },
             timings: opts.timings.clone(),
+            snapshot: Default::default(),
             peers: peers.clone(),
         };
         let body = raw
@@ -486,6 +487,7 @@ pub fn init_join_node(opts: &JoinNodeOptions) -> Result<NodeSummary, InitError> 
         },
         client: template.client.clone(),
         timings: template.timings.clone(),
+        snapshot: template.snapshot.clone(),
         peers: Vec::new(),
     };
     let body = raw

@@ -185,7 +185,8 @@ enum AdminCmd {
         #[arg(long)]
         to: u64,
     },
-    /// Ask the leader to take a snapshot of its state machine now.
+    /// Take a snapshot of a node's state machine now and compact its log (the node
+    /// first given with --admin, or the first node of --cluster).
     Snapshot,
 }
 
@@ -472,6 +473,12 @@ fn cmd_admin(args: AdminArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{what}");
+    if path == "/admin/snapshot" {
+        println!(
+            "node {} holds a snapshot at index {}",
+            answer["node"], answer["index"]
+        );
+    }
     if let Some(m) = answer.get("membership") {
         println!(
             "configuration at index {}: voters {} learners {}",
