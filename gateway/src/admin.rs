@@ -49,7 +49,7 @@ use tracing::{info, warn};
 
 use crate::status::{
     role_name, AddressReport, InboundReport, LeaderReport, MemberReport, MembersReport, ReplicationReport,
-    StatusReport, TransportReport,
+    SnapshotReport, StatusReport, TransportReport,
 };
 
 /// How long `transfer-leader` waits for the target to take over.
@@ -138,6 +138,15 @@ impl AdminState {
                 rejected: inbound.rejected,
                 protocol_errors: inbound.protocol_errors,
                 received: inbound.received,
+            },
+            snapshot: SnapshotReport {
+                index: s.snapshot.index,
+                restored: s.snapshot.restored,
+                created: s.snapshot.created,
+                sent: s.snapshot.sent,
+                send_failures: s.snapshot.send_failures,
+                installed: s.snapshot.installed,
+                receive_failures: s.snapshot.receive_failures,
             },
         }
     }

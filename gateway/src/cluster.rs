@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use raft::core::NodeId;
 
-use crate::config::{LogFormat, RawTimings};
+use crate::config::{LogFormat, RawSnapshot, RawTimings};
 use crate::init::{init_cluster, init_join_node, ClusterSummary, InitError, InitOptions, JoinNodeOptions};
 use crate::status::{fetch_health, fetch_status, AdminClientError, StatusReport};
 
@@ -45,6 +45,8 @@ pub struct LocalClusterOptions {
     pub client_token: Option<String>,
     /// Raft timings for every node.
     pub timings: RawTimings,
+    /// Snapshot policy for every node (unset fields use the defaults).
+    pub snapshot: RawSnapshot,
     /// `RUST_LOG` for the children (inherited when `None`).
     pub rust_log: Option<String>,
     /// Log format of the children.
@@ -65,6 +67,7 @@ impl Default for LocalClusterOptions {
             cluster_id: Some("local".to_owned()),
             client_token: None,
             timings: RawTimings::default(),
+            snapshot: RawSnapshot::default(),
             rust_log: None,
             log_format: LogFormat::Human,
             die_with_parent: false,
@@ -163,6 +166,7 @@ impl LocalCluster {
         init.cluster_id = opts.cluster_id.clone();
         init.client_token = opts.client_token.clone();
         init.timings = opts.timings.clone();
+        init.snapshot = opts.snapshot.clone();
         init.log_format = Some(opts.log_format);
         let summary = init_cluster(&init)?;
         Ok(LocalCluster {

@@ -28,7 +28,7 @@ use raft::transport::certs::{CertError, ClusterCa, IssuedCert};
 use raft::transport::node_server_name;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{LogFormat, RawClient, RawConfig, RawListen, RawPeer, RawTimings, RawTls};
+use crate::config::{LogFormat, RawClient, RawConfig, RawListen, RawPeer, RawSnapshot, RawTimings, RawTls};
 
 /// The summary file at the top of a cluster directory.
 pub const SUMMARY_FILE: &str = "cluster.toml";
@@ -57,6 +57,8 @@ pub struct InitOptions {
     pub client_token: Option<String>,
     /// Timings written to every node (unset fields use the defaults).
     pub timings: RawTimings,
+    /// The `[snapshot]` section written to every node (unset fields use the defaults).
+    pub snapshot: RawSnapshot,
     /// Log format written to every node.
     pub log_format: Option<LogFormat>,
     /// Overwrite an existing CA, certificates and configs (never data).
@@ -74,6 +76,7 @@ impl InitOptions {
             cluster_id: None,
             client_token: None,
             timings: RawTimings::default(),
+            snapshot: RawSnapshot::default(),
             log_format: None,
             force: false,
         }
@@ -350,7 +353,7 @@ pub fn init_cluster(opts: &InitOptions) -> Result<ClusterSummary, InitError> {
                 max_frame_len: None,
             },
             timings: opts.timings.clone(),
-            snapshot: Default::default(),
+            snapshot: opts.snapshot.clone(),
             peers: peers.clone(),
         };
         let body = raw

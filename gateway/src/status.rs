@@ -58,6 +58,29 @@ pub struct StatusReport {
     pub transport: Vec<TransportReport>,
     /// Inbound Raft connection counters.
     pub inbound: InboundReport,
+    /// Snapshots of this node.
+    #[serde(default)]
+    pub snapshot: SnapshotReport,
+}
+
+/// Snapshot activity of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    /// Index of the newest snapshot this node holds (0: none).
+    pub index: u64,
+    /// Index of the snapshot the node restored its state from when it started (0:
+    /// none); only the log after it was replayed.
+    pub restored: u64,
+    /// Snapshots this node took.
+    pub created: u64,
+    /// Snapshots sent to followers that installed them.
+    pub sent: u64,
+    /// Snapshot transfers to followers that failed (they are retried).
+    pub send_failures: u64,
+    /// Snapshots received from a leader and installed.
+    pub installed: u64,
+    /// Received snapshots refused (damaged, incomplete, or not needed).
+    pub receive_failures: u64,
 }
 
 /// Who leads, and where clients should go.
@@ -199,6 +222,12 @@ impl StatusReport {
             s,
             "  elections   {}  leader changes {}",
             self.elections, self.leader_changes
+        );
+        let sn = &self.snapshot;
+        let _ = writeln!(
+            s,
+            "  snapshots   latest {}  restored at start {}  taken {}  sent {} (failed {})  installed {} (refused {})",
+            sn.index, sn.restored, sn.created, sn.sent, sn.send_failures, sn.installed, sn.receive_failures
         );
         if !self.replication.is_empty() {
             let _ = writeln!(s, "replication (leader's view)");

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bank_app::client::{Client, ClientConfig};
 use bank_app::protocol::Consistency;
 use bank_app::AccountId;
-use gateway::config::{LogFormat, RawConfig, RawTimings};
+use gateway::config::{LogFormat, RawConfig, RawSnapshot, RawTimings};
 use gateway::status::{fetch_metrics, StatusReport};
 use gateway::{LocalCluster, LocalClusterOptions};
 use raft::core::NodeId;
@@ -93,7 +93,13 @@ impl std::fmt::Debug for Harness {
 impl Harness {
     /// Starts `nodes` nodes and waits until each answers `/health`.
     pub fn start(nodes: u64) -> Harness {
-        Harness::launch(nodes, false)
+        Harness::launch(nodes, false, RawSnapshot::default())
+    }
+
+    /// Like [`Harness::start`], with this `[snapshot]` policy on every node (tests of
+    /// compaction use small thresholds so that snapshots happen within a short run).
+    pub fn start_with_snapshots(nodes: u64, snapshot: RawSnapshot) -> Harness {
+        Harness::launch(nodes, false, snapshot)
     }
 
     /// Like [`Harness::start`], but every Raft link goes through a [`RelayMesh`]
@@ -101,10 +107,10 @@ impl Harness {
     /// `raft_addr` is the relay's address (client addresses are kept, so redirects
     /// still name the real client ports).
     pub fn start_with_relays(nodes: u64) -> Harness {
-        Harness::launch(nodes, true)
+        Harness::launch(nodes, true, RawSnapshot::default())
     }
 
-    fn launch(nodes: u64, relays: bool) -> Harness {
+    fn launch(nodes: u64, relays: bool, snapshot: RawSnapshot) -> Harness {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -119,6 +125,7 @@ impl Harness {
             binary: Some(gateway_binary()),
             cluster_id: Some("e2e".into()),
             timings: fast_timings(),
+            snapshot,
             rust_log: Some("info".into()),
             log_format: LogFormat::Human,
             die_with_parent: true,

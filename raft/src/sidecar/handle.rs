@@ -120,6 +120,10 @@ pub(crate) enum Reconfig {
 pub struct SnapshotStatus {
     /// Index of the latest snapshot this node holds (0: none).
     pub index: Index,
+    /// Index of the snapshot the state machine was restored from when the node
+    /// started (0: it started from an empty state machine or from its own persisted
+    /// state); the log was replayed only after this index.
+    pub restored: Index,
     /// Snapshots this node took.
     pub created: u64,
     /// Snapshots streamed to followers that accepted them.

@@ -119,6 +119,7 @@ impl Snapshots {
         }
         let status = SnapshotStatus {
             index: loaded.as_ref().map_or(0, |i| i.index),
+            restored: loaded.as_ref().map_or(0, |i| i.index),
             ..Default::default()
         };
         Snapshots {
