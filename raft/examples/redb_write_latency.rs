@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .map_or_else(std::env::temp_dir, Into::into);
     let payload = Bytes::from(vec![0xab; 100]);
-    for batch_size in [1u64, 64] {
+    for (batch_size, with_hard_state) in [(1u64, true), (1, false), (64, true)] {
         let dir = tempfile::tempdir_in(&base)?;
         let mut store = RedbStore::open(dir.path().join("log.redb"))?;
         let mut hist = Histogram::<u64>::new(3)?;
@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         for w in 0..WRITES {
             let first = w * batch_size + 1;
             let batch = WriteBatch {
-                hard_state: Some(HardState {
+                hard_state: with_hard_state.then_some(HardState {
                     term: 1,
                     vote: Some(1),
                     commit: first.saturating_sub(1),
@@ -46,8 +46,13 @@ fn main() -> anyhow::Result<()> {
         }
         let total = started.elapsed();
         println!(
-            "batch of {batch_size:>2}: {WRITES} writes in {:.2?}: p50 {} us, p90 {} us, p99 {} us, \
+            "batch of {batch_size:>2}{}: {WRITES} writes in {:.2?}: p50 {} us, p90 {} us, p99 {} us, \
              max {} us; {:.0} entries/s; file {} KiB",
+            if with_hard_state {
+                " + hard state"
+            } else {
+                " entries only"
+            },
             total,
             hist.value_at_quantile(0.5),
             hist.value_at_quantile(0.9),

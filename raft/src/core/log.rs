@@ -264,6 +264,20 @@ impl RaftLog {
         out
     }
 
+    /// Hand out committed entries not yet given to the application that are also
+    /// durable on this node: up to the smaller of the commit and persisted indexes.
+    pub fn take_committed_durable(&mut self) -> Vec<Entry> {
+        let upto = self.committed.min(self.persisted);
+        if upto <= self.applied {
+            return Vec::new();
+        }
+        let start = (self.applied - self.snapshot_index) as usize;
+        let end = (upto - self.snapshot_index) as usize;
+        let out = self.entries[start..end].to_vec();
+        self.applied = upto;
+        out
+    }
+
     /// Entries from `index` to the end (for scanning membership changes).
     pub fn entries_from(&self, index: Index) -> &[Entry] {
         if index > self.last_index() {

@@ -573,6 +573,32 @@ impl RaftNode {
         std::mem::take(&mut self.msgs)
     }
 
+    /// What may be applied and answered while a write is in flight (between
+    /// [`RaftNode::ready`] and [`RaftNode::advance`]): committed entries that are
+    /// already durable on this node (up to the smaller of the commit index and the
+    /// persisted one, so nothing is applied ahead of the local log) and reads now safe
+    /// to serve once their index is applied.
+    ///
+    /// The driver must have applied the `committed` entries of every ready it took
+    /// before applying these (they come after them). Nothing is handed out while an
+    /// adopted snapshot waits for the next ready: the state machine must be restored
+    /// from it first.
+    pub fn take_applicable(&mut self) -> (Vec<Entry>, Vec<ReadState>) {
+        if self.pending_snapshot.is_some() {
+            return (Vec::new(), Vec::new());
+        }
+        (
+            self.log.take_committed_durable(),
+            std::mem::take(&mut self.read_states),
+        )
+    }
+
+    /// The last log index known durable on this node (what the driver reported with
+    /// [`RaftNode::advance`]; a write in flight is not included).
+    pub fn persisted_index(&self) -> Index {
+        self.log.persisted()
+    }
+
     /// A leader's pending read-confirmation round and deferred appends, turned into
     /// messages.
     fn flush_broadcasts(&mut self) {

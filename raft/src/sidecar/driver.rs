@@ -174,6 +174,7 @@ impl Sidecar {
             synced: None,
             peers: BTreeMap::new(),
             snap,
+            inflight: None,
         };
         driver.sync_membership();
         tokio::spawn(driver.run());
@@ -214,6 +215,20 @@ struct Driver<T: Transport + ?Sized, M: StateMachine> {
     /// The peers the transport was told about, with the addresses it was given.
     peers: BTreeMap<NodeId, NodeAddr>,
     snap: snapshot::Snapshots,
+    /// The write of the latest ready, while the storage thread performs it. The core
+    /// keeps being stepped meanwhile (see [`Driver::during_write`]); the next ready is
+    /// taken only once this one is done.
+    inflight: Option<InFlight>,
+}
+
+/// A ready whose write is in flight, and what waits for that write.
+struct InFlight {
+    done: oneshot::Receiver<Result<(), StorageError>>,
+    /// Votes and acknowledgements: they promise the write is durable.
+    persisted_messages: Vec<Message>,
+    /// Committed entries handed out by the ready that include entries of this very
+    /// write (a follower learning a commit index with the entries): applied after it.
+    committed: Vec<Entry>,
 }
 
 /// What a membership request came to.
@@ -241,8 +256,11 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         let stop: Option<oneshot::Sender<()>> = loop {
             let mut flow = Flow::Continue;
             let mut snapshot_event = None;
+            let mut write_done = None;
+            let writing = self.inflight.is_some();
             tokio::select! {
                 biased;
+                r = wait_write(&mut self.inflight), if writing => write_done = Some(r),
                 _ = ticker.tick() => self.on_tick(),
                 ev = self.snap.events.recv() => snapshot_event = ev,
                 msg = self.inbound.recv(), if inbound_open => match msg {
@@ -254,10 +272,20 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                     None => break None,
                 },
             }
+            if let Some(r) = write_done {
+                if let Err(e) = self.finish_write(r) {
+                    self.storage_failed(&e);
+                    break None;
+                }
+            }
             if let Some(ev) = snapshot_event {
-                if let Err(e) = self.on_snapshot_event(ev).await {
-                    error!(node = self.cfg.id, error = %e, "raft storage failed; stopping the sidecar");
-                    self.fail_all(SidecarError::Stopped(format!("storage failure: {e}")));
+                // Snapshot work changes the stored log and the core's: between writes.
+                let r = match self.finish_inflight().await {
+                    Ok(()) => self.on_snapshot_event(ev).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    self.storage_failed(&e);
                     break None;
                 }
             }
@@ -274,9 +302,16 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                     break;
                 }
             }
-            if let Err(e) = self.drain_ready().await {
-                error!(node = self.cfg.id, error = %e, "raft storage failed; stopping the sidecar");
-                self.fail_all(SidecarError::Stopped(format!("storage failure: {e}")));
+            let r = if matches!(flow, Flow::Shutdown(_)) {
+                self.flush().await
+            } else if self.inflight.is_some() {
+                self.during_write();
+                Ok(())
+            } else {
+                self.start_readies().await
+            };
+            if let Err(e) = r {
+                self.storage_failed(&e);
                 break None;
             }
             self.sync_membership();
@@ -291,6 +326,11 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         if let Some(tx) = stop {
             let _ = tx.send(());
         }
+    }
+
+    fn storage_failed(&mut self, e: &StorageError) {
+        error!(node = self.cfg.id, error = %e, "raft storage failed; stopping the sidecar");
+        self.fail_all(SidecarError::Stopped(format!("storage failure: {e}")));
     }
 
     fn on_tick(&mut self) {
@@ -401,13 +441,124 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         }
     }
 
-    /// Perform readies until the core has nothing left to do.
-    async fn drain_ready(&mut self) -> Result<(), StorageError> {
-        while self.core.has_ready() {
+    /// Takes readies until one needs a write (which is then left in flight) or the
+    /// core has nothing left to do.
+    ///
+    /// Per ready: the soft state is handled and the messages that may leave at once
+    /// go (the leader's appends: its fsync overlaps the round trip); the hard state
+    /// and entries go to the storage thread; committed entries that are already
+    /// durable here are applied at once, the others after the write; votes and
+    /// acknowledgements leave only after the write ([`Driver::finish_write`]). A
+    /// ready that installs a received snapshot is performed whole, in place.
+    async fn start_readies(&mut self) -> Result<(), StorageError> {
+        while self.inflight.is_none() && self.core.has_ready() {
             let rd = self.core.ready();
-            self.perform(rd).await?;
+            if rd.snapshot.is_some() {
+                self.perform(rd).await?;
+                continue;
+            }
+            let Ready {
+                soft_state,
+                hard_state,
+                entries,
+                messages,
+                persisted_messages,
+                committed,
+                reads,
+                snapshot: _,
+            } = rd;
+            if let Some(ss) = soft_state {
+                self.on_soft_state(ss);
+            }
+            self.send(messages);
+            if hard_state.is_none() && entries.is_empty() {
+                self.send(persisted_messages);
+                self.apply_committed(committed);
+                for r in reads {
+                    self.on_read_state(r);
+                }
+                self.core.advance();
+                continue;
+            }
+            let done = self.storage.submit(WriteBatch {
+                hard_state,
+                entries,
+                snapshot: None,
+            })?;
+            let durable = self.core.persisted_index();
+            let committed = if committed.last().is_none_or(|e| e.index <= durable) {
+                self.apply_committed(committed);
+                Vec::new()
+            } else {
+                committed
+            };
+            for r in reads {
+                self.on_read_state(r);
+            }
+            self.inflight = Some(InFlight {
+                done,
+                persisted_messages,
+                committed,
+            });
         }
         Ok(())
+    }
+
+    /// While a write is in flight: send what may leave before it (appends of commands
+    /// proposed meanwhile, heartbeats, read rounds), and apply what has committed and
+    /// is durable here, so a leader answers its clients without waiting for a write
+    /// that holds later entries.
+    fn during_write(&mut self) {
+        let msgs = self.core.take_messages();
+        self.send(msgs);
+        if self.inflight.as_ref().is_some_and(|w| w.committed.is_empty()) {
+            let (committed, reads) = self.core.take_applicable();
+            self.apply_committed(committed);
+            for r in reads {
+                self.on_read_state(r);
+            }
+        }
+    }
+
+    /// The write in flight finished: its acknowledgements may go, what waited for it
+    /// is applied, and the core learns that it is durable.
+    fn finish_write(&mut self, r: Result<(), StorageError>) -> Result<(), StorageError> {
+        let Some(w) = self.inflight.take() else {
+            return Ok(());
+        };
+        r?;
+        self.send(w.persisted_messages);
+        self.apply_committed(w.committed);
+        self.core.advance();
+        Ok(())
+    }
+
+    /// Waits for the write in flight, if any, and finishes it.
+    async fn finish_inflight(&mut self) -> Result<(), StorageError> {
+        if self.inflight.is_some() {
+            let r = wait_write(&mut self.inflight).await;
+            self.finish_write(r)?;
+        }
+        Ok(())
+    }
+
+    /// Everything the core has handed out or still has is made durable and done
+    /// (graceful shutdown).
+    async fn flush(&mut self) -> Result<(), StorageError> {
+        loop {
+            self.finish_inflight().await?;
+            if !self.core.has_ready() {
+                return Ok(());
+            }
+            self.start_readies().await?;
+        }
+    }
+
+    fn apply_committed(&mut self, committed: Vec<Entry>) {
+        if !committed.is_empty() {
+            self.note_applied(&committed);
+            self.apply(committed);
+        }
     }
 
     async fn perform(&mut self, rd: Ready) -> Result<(), StorageError> {
@@ -435,7 +586,6 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
             None => None,
         };
         if hard_state.is_some() || !entries.is_empty() || snapshot.is_some() {
-            let started = Instant::now();
             self.storage
                 .write(WriteBatch {
                     hard_state,
@@ -443,7 +593,6 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                     snapshot: snapshot.clone(),
                 })
                 .await?;
-            metrics::histogram!("raft_fsync_seconds").record(started.elapsed().as_secs_f64());
         }
         if let Some(info) = installed {
             self.restore_installed(info).await?;
@@ -451,10 +600,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         // 3. Votes and acknowledgements promise durability: only now.
         self.send(persisted_messages);
         // 4. Apply, then answer reads.
-        if !committed.is_empty() {
-            self.note_applied(&committed);
-            self.apply(committed);
-        }
+        self.apply_committed(committed);
         for r in reads {
             self.on_read_state(r);
         }
@@ -821,6 +967,16 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
     }
 }
 
+/// The outcome of the write in flight (never resolves when there is none).
+async fn wait_write(inflight: &mut Option<InFlight>) -> Result<(), StorageError> {
+    match inflight {
+        Some(w) => (&mut w.done)
+            .await
+            .unwrap_or_else(|_| Err(StorageError::Io("storage thread is gone".into()))),
+        None => std::future::pending().await,
+    }
+}
+
 type StorageJob = (WriteBatch, oneshot::Sender<Result<(), StorageError>>);
 
 /// The log store lives on its own OS thread: its calls block on fsync and must never
@@ -846,7 +1002,9 @@ impl StorageThread {
                     return;
                 }
                 while let Ok((batch, reply)) = rx.recv() {
+                    let started = Instant::now();
                     let r = store.write(&batch);
+                    metrics::histogram!("raft_fsync_seconds").record(started.elapsed().as_secs_f64());
                     let _ = reply.send(r);
                 }
             })
@@ -857,7 +1015,8 @@ impl StorageThread {
         Ok((StorageThread { tx: Some(tx) }, initial))
     }
 
-    async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+    /// Hands `batch` to the storage thread; the receiver yields the outcome.
+    fn submit(&self, batch: WriteBatch) -> Result<oneshot::Receiver<Result<(), StorageError>>, StorageError> {
         let (reply, rx) = oneshot::channel();
         let tx = self
             .tx
@@ -865,7 +1024,12 @@ impl StorageThread {
             .ok_or_else(|| StorageError::Io("storage closed".into()))?;
         tx.send((batch, reply))
             .map_err(|_| StorageError::Io("storage thread is gone".into()))?;
-        rx.await
+        Ok(rx)
+    }
+
+    async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.submit(batch)?
+            .await
             .map_err(|_| StorageError::Io("storage thread is gone".into()))?
     }
 

@@ -819,14 +819,43 @@ impl Sim {
     /// A pipelining driver's send of the messages that need no write, while the
     /// node's write is in flight.
     fn send_early(&mut self, id: NodeId) {
-        let msgs = match self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
-            Some(r) => r.take_messages(),
-            None => return,
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        // Applying ahead of the write is allowed once the entries the ready in flight
+        // handed out to apply are applied (and never across an adopted snapshot).
+        let may_apply = node
+            .unsynced
+            .as_ref()
+            .is_none_or(|rd| rd.committed.is_empty() && rd.snapshot.is_none());
+        let Some(r) = node.raft.as_mut() else { return };
+        let msgs = r.take_messages();
+        let (committed, reads) = if may_apply {
+            r.take_applicable()
+        } else {
+            (Vec::new(), Vec::new())
         };
         for m in msgs {
             self.send(m);
         }
+        self.apply_now(id, committed);
+        for r in reads {
+            self.reads_done.entry(id).or_default().push((r.ctx, r.index));
+        }
         self.check_invariants();
+    }
+
+    /// Applies entries a pipelining driver may apply at once (durable here).
+    fn apply_now(&mut self, id: NodeId, committed: Vec<Entry>) {
+        if committed.is_empty() {
+            return;
+        }
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.applied.extend(committed.iter().cloned());
+        }
+        for e in committed {
+            self.on_apply(id, e);
+        }
     }
 
     /// Hand one input to a running, idle node's core (without taking its ready).
@@ -919,6 +948,15 @@ impl Sim {
             self.send(m);
         }
         let needs_disk = rd.hard_state.is_some() || !rd.entries.is_empty() || rd.snapshot.is_some();
+        // A pipelining driver applies at once what is already durable here, so that
+        // while this write is in flight it may apply what commits meanwhile.
+        if self.opts.step_during_write && rd.snapshot.is_none() {
+            let durable = self.nodes[&id].raft.as_ref().map_or(0, |r| r.persisted_index());
+            if rd.committed.last().is_some_and(|e| e.index <= durable) {
+                let committed = std::mem::take(&mut rd.committed);
+                self.apply_now(id, committed);
+            }
+        }
         let node = self.nodes.get_mut(&id).expect("known node");
         node.unsynced = Some(rd);
         if needs_disk {
