@@ -353,3 +353,55 @@ fn new_leader_probes_and_streams_to_an_up_to_date_follower() {
         assert_eq!(net.node(f).role(), Role::Follower);
     }
 }
+
+/// 5.3: "the leader retries AppendEntries RPCs indefinitely [...] until all followers
+/// eventually store all log entries". Here every append to follower 3 is lost for a
+/// while: the leader's last entry, then (after two heartbeat rounds without progress)
+/// the probe it falls back to, which is empty since it starts past the leader's last
+/// entry. Once appends get through again, the next heartbeat replies must still
+/// produce a probe, which finds where the logs agree and repairs 3.
+#[test]
+fn a_lost_probe_past_the_last_entry_is_retried() {
+    let mut net = Net::new(&[1, 2, 3], paper_config);
+    net.elect(1);
+    let (index, _) = net.propose(1, "x");
+    let deliver_losing_appends_to_3 = |net: &mut Net| {
+        let mut lost = Vec::new();
+        loop {
+            lost.extend(net.take_where(|m| is_append_to(m, 3)));
+            if net.deliver_next().is_none() {
+                return lost;
+            }
+        }
+    };
+    deliver_losing_appends_to_3(&mut net);
+    assert_eq!(net.node(1).commit_index(), index, "1 and 2 commit it");
+    // Heartbeat rounds until the leader gives up streaming to 3 and probes it with an
+    // empty append after its last entry; that is lost too.
+    let probing_past_the_end = |net: &Net| {
+        let status = net.node(1).status();
+        let p = status.peers.iter().find(|p| p.id == 3).expect("3 is a peer");
+        p.state == "probe" && p.next == index + 1 && p.matched < index
+    };
+    for _ in 0..4 {
+        net.tick_n(1, HEARTBEAT);
+        let lost = deliver_losing_appends_to_3(&mut net);
+        let empty_probe = lost.last().is_some_and(
+            |m| matches!(&m.body, MessageBody::Append(ae) if ae.prev_index == index && ae.entries.is_empty()),
+        );
+        if probing_past_the_end(&net) && empty_probe {
+            break;
+        }
+    }
+    assert!(
+        probing_past_the_end(&net),
+        "the leader probes 3 past its last entry"
+    );
+    assert!(net.node(3).last_index() < index);
+    let caught_up = net.run_until(&[1], 10 * HEARTBEAT, |n| n.node(3).last_index() == index);
+    assert!(
+        caught_up,
+        "later heartbeat replies probe 3 again until it holds the entry"
+    );
+    assert_eq!(net.log(3), net.log(1));
+}

@@ -78,7 +78,8 @@ pub struct ReadState {
 /// messages, proposals, ticks) while the write is in flight, sending what
 /// [`RaftNode::take_messages`] returns as it goes; it takes the next ready only after
 /// `advance`. Whatever those inputs produce that depends on durability waits for that
-/// next ready.
+/// next ready. The one exception is `InstallSnapshot`: step it only when no write is
+/// in flight, since adopting a snapshot replaces the log that write belongs to.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Role, leader or term changed since the previous ready.
@@ -1320,7 +1321,13 @@ impl RaftNode {
                 pr.stalled_heartbeats = 0;
                 self.send_append(from, true);
             } else {
-                self.send_append(from, false);
+                // A probing follower gets its probe again, empty if need be: its
+                // `next` may be past our last entry (a new leader's or new member's
+                // progress, a probe after a stall or after a snapshot), and if that
+                // probe or its answer was lost, only an empty append finds where the
+                // logs agree. Without it the follower is never caught up.
+                let probing = pr.state == ProgressState::Probe;
+                self.send_append(from, probing);
             }
         } else {
             pr.stalled_heartbeats = 0;

@@ -79,7 +79,8 @@ pub struct SimOptions {
     pub snapshot_drop_rate: f64,
     /// Model a pipelining driver: inputs that arrive while a node's write is in
     /// flight are stepped into its core at once (sending what
-    /// `RaftNode::take_messages` gives), instead of waiting for the write.
+    /// `RaftNode::take_messages` gives), instead of waiting for the write. Received
+    /// snapshots still wait for it, as in the sidecar's driver.
     pub step_during_write: bool,
 }
 
@@ -909,17 +910,7 @@ impl Sim {
         }
         if node.unsynced.is_some() || node.busy_until > now {
             // Park it: the driver would read it after the write completes.
-            self.seq += 1;
-            let mid = self.seq;
-            self.wire.insert(
-                mid,
-                InFlight {
-                    id: mid,
-                    at: now,
-                    msg,
-                },
-            );
-            node.deferred.push(Event::Deliver(mid));
+            self.park(id, msg);
             return;
         }
         node.raft_mut().step(msg);
@@ -1030,10 +1021,14 @@ impl Sim {
         }
         // Inputs that waited for the write.
         let deferred = std::mem::take(&mut self.nodes.get_mut(&id).expect("known node").deferred);
+        let had_deferred = !deferred.is_empty();
         for ev in deferred {
             self.apply_input(id, ev);
         }
         self.process_ready(id);
+        if had_deferred {
+            self.discard_unneeded_snapshots(id);
+        }
         self.check_invariants();
     }
 
@@ -1146,14 +1141,29 @@ impl Sim {
                 Event::SnapshotReport(t.from, incarnation, t.to, true),
             );
         }
-        self.deliver_msg(Message {
+        let msg = Message {
             from: t.from,
             to: t.to,
             term: t.term,
             body: MessageBody::InstallSnapshot { meta },
-        });
-        // Data the core will not adopt (stale, or its log already held it) is dropped.
-        if let Some(node) = self.nodes.get_mut(&t.to) {
+        };
+        let node = self.nodes.get_mut(&t.to).expect("known node");
+        if node.unsynced.is_some() || node.busy_until > self.now {
+            // Even a pipelining driver steps a received snapshot only between writes
+            // (the sidecar waits for its write in flight first): adopting it resets
+            // the core's log, and so what the write in flight stands for. It waits
+            // for the write like any input of a non-pipelining driver.
+            self.park(t.to, msg);
+            return;
+        }
+        self.deliver_msg(msg);
+        self.discard_unneeded_snapshots(t.to);
+    }
+
+    /// Received snapshot data the core will not adopt (stale, or its log already held
+    /// it) is dropped.
+    fn discard_unneeded_snapshots(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes.get_mut(&id) {
             let commit = node.raft.as_ref().map_or(0, |r| r.commit_index());
             let pending = node
                 .unsynced
@@ -1161,6 +1171,24 @@ impl Sim {
                 .and_then(|rd| rd.snapshot.as_ref())
                 .map(|m| m.index);
             node.received.retain(|&i, _| i > commit || Some(i) == pending);
+        }
+    }
+
+    /// Keep a message for node `id` until its write in flight completes.
+    fn park(&mut self, id: NodeId, msg: Message) {
+        let now = self.now;
+        self.seq += 1;
+        let mid = self.seq;
+        self.wire.insert(
+            mid,
+            InFlight {
+                id: mid,
+                at: now,
+                msg,
+            },
+        );
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.deferred.push(Event::Deliver(mid));
         }
     }
 
