@@ -494,3 +494,62 @@ async fn rolling_crashes_with_frequent_snapshots_lose_nothing() {
     let restored = (1..=3).any(|id| matches!(events(&cluster, id).first(), Some(SmEvent::Restore(_))));
     assert!(installed >= 1 || restored, "snapshots were exercised");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_snapshot_file_is_damaged_takes_a_fresh_one_for_the_follower() {
+    let mut cluster = Cluster::memory_with(
+        3,
+        Options {
+            configure: manual_no_tail,
+            snapshot_dirs: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let leader = cluster.wait_leader(T).await;
+    let lagging = follower_of(leader);
+    let mut acked = propose_n(&cluster, leader, "before", 10).await;
+    cluster.wait_applied(acked.last().unwrap().0, T).await;
+    cluster.kill(lagging);
+    acked.extend(propose_n(&cluster, leader, "while-down", 50).await);
+    let damaged = cluster.handle(leader).snapshot_now().await.unwrap();
+    let last = acked.last().unwrap().0;
+    assert!(
+        cluster.handle(leader).status().core.first_index > acked[9].0,
+        "the leader compacted past what the lagging node has"
+    );
+
+    // Damage the leader's only snapshot file in place.
+    let dir = cluster.nodes[&leader].snapshot_dir.clone().unwrap();
+    let files = cluster.nodes[&leader].snapshots.list().unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].index, damaged);
+    let path = dir.join(files[0].name());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    let created_before = cluster.handle(leader).status().snapshot.created;
+
+    // The follower comes back needing a snapshot: the first transfer finds the file
+    // damaged, the leader deletes it and takes a fresh one, which is sent.
+    cluster.restart(lagging).await;
+    cluster.wait_applied(last, T).await;
+    wait_snapshot_counters(&cluster, leader, lagging).await;
+    let s = cluster.handle(leader).status().snapshot;
+    assert!(s.send_failures >= 1, "the damaged transfer failed: {s:?}");
+    assert!(s.created > created_before, "a fresh snapshot was taken: {s:?}");
+    let files = cluster.nodes[&leader].snapshots.list().unwrap();
+    for f in &files {
+        let loaded = cluster.nodes[&leader].snapshots.load(f);
+        assert!(loaded.is_ok(), "only good files are left: {f:?}: {loaded:?}");
+    }
+    assert!(
+        events(&cluster, lagging)
+            .iter()
+            .any(|e| matches!(e, SmEvent::Restore(_))),
+        "the follower was restored from the fresh image"
+    );
+    assert_identical_up_to(&cluster, last);
+    cluster.check_applied(&acked);
+}

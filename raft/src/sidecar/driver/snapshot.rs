@@ -27,7 +27,7 @@ use super::Driver;
 use crate::core::{Entry, EntryPayload, Index, Message, MessageBody, NodeId, SnapshotMeta, Term};
 use crate::sidecar::handle::SnapshotStatus;
 use crate::sidecar::{SidecarConfig, SidecarError, StartError, StateMachine};
-use crate::storage::snapshot::{SnapshotInfo, SnapshotStore, StagedSnapshot};
+use crate::storage::snapshot::{SnapshotError, SnapshotInfo, SnapshotStore, StagedSnapshot};
 use crate::storage::{InitialState, StorageError, WriteBatch};
 use crate::transport::snapshot::SNAPSHOT_CHUNKS_IN_FLIGHT;
 use crate::transport::{IncomingSnapshot, OutgoingSnapshot, SnapshotSendError, Transport};
@@ -43,8 +43,10 @@ pub(in crate::sidecar) enum SnapshotEvent {
     /// A transfer to a follower ended.
     Sent {
         to: NodeId,
-        index: Index,
+        info: SnapshotInfo,
         result: Result<(), SnapshotSendError>,
+        /// Reading our own file found it damaged (its checksum or format): why.
+        damaged: Option<String>,
     },
     /// A snapshot arrived from `from` and verified; `done` releases the receiver for
     /// the next one.
@@ -451,8 +453,17 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                     let _ = w.send(Err(SidecarError::Snapshot(e.clone())));
                 }
             }
-            SnapshotEvent::Sent { to, index, result } => {
+            SnapshotEvent::Sent {
+                to,
+                info,
+                result,
+                damaged,
+            } => {
+                let index = info.index;
                 self.snap.sending.remove(&to);
+                if let Some(reason) = damaged {
+                    self.forget_damaged(&info, &reason);
+                }
                 match &result {
                     Ok(()) => {
                         self.snap.status.sent += 1;
@@ -596,10 +607,38 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         let events = self.snap.events_tx.clone();
         let chunk = self.cfg.snapshot_chunk_bytes.max(1);
         tokio::spawn(async move {
-            let index = info.index;
-            let result = stream_file(store, info, chunk, transport, to, term).await;
-            let _ = events.send(SnapshotEvent::Sent { to, index, result });
+            let (result, damaged) = stream_file(store, info.clone(), chunk, transport, to, term).await;
+            let _ = events.send(SnapshotEvent::Sent {
+                to,
+                info,
+                result,
+                damaged,
+            });
         });
+    }
+
+    /// Our own snapshot file `info` turned out damaged while being sent: it is never
+    /// offered again, it is deleted (a restart would skip it anyway), and a fresh
+    /// snapshot is taken so that followers that need one can be served.
+    fn forget_damaged(&mut self, info: &SnapshotInfo, reason: &str) {
+        error!(
+            node = self.cfg.id,
+            index = info.index,
+            reason,
+            "our snapshot file is damaged; deleting it and taking a fresh snapshot"
+        );
+        metrics::counter!("raft_snapshot_damaged_total").increment(1);
+        self.snap.known.retain(|k| k.name() != info.name());
+        self.snap.status.index = self.snap.known.first().map_or(0, |k| k.index);
+        // Deleted before the fresh snapshot starts, which may be at the same index
+        // (and so have the same name).
+        let store = &self.snap.store;
+        if let Err(e) = blocking_here(|| store.remove(info)) {
+            warn!(node = self.cfg.id, error = %e, "could not delete a damaged snapshot file");
+        }
+        if !self.snap.creating {
+            self.start_snapshot(None);
+        }
     }
 
     /// Publishes the received file the core just adopted (`meta`), before the ready's
@@ -713,31 +752,36 @@ async fn stream_file<T: Transport + ?Sized>(
     transport: Arc<T>,
     to: NodeId,
     term: Term,
-) -> Result<(), SnapshotSendError> {
-    let reader = tokio::task::spawn_blocking(move || store.reader(&info))
-        .await
-        .map_err(|e| SnapshotSendError::Failed(e.to_string()))?
-        .map_err(|e| SnapshotSendError::Failed(e.to_string()))?;
+) -> (Result<(), SnapshotSendError>, Option<String>) {
+    let opened = tokio::task::spawn_blocking(move || store.reader(&info)).await;
+    let reader = match opened {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return (Err(SnapshotSendError::Failed(e.to_string())), None),
+        Err(e) => return (Err(SnapshotSendError::Failed(e.to_string())), None),
+    };
     let len = reader.len();
     let (tx, rx) = mpsc::channel(SNAPSHOT_CHUNKS_IN_FLIGHT);
-    tokio::task::spawn_blocking(move || {
+    // The reader verifies the file as it goes: a damaged file's last chunk is never
+    // sent (the follower would refuse it anyway), and the driver learns why.
+    let reading = tokio::task::spawn_blocking(move || {
         let mut reader = reader;
         loop {
             match reader.next_chunk(chunk) {
-                Ok(c) if c.is_empty() => return,
+                Ok(c) if c.is_empty() => return None,
                 Ok(c) => {
                     if tx.blocking_send(c).is_err() {
-                        return;
+                        return None;
                     }
                 }
+                Err(e @ SnapshotError::Corrupt { .. }) => return Some(e.to_string()),
                 Err(e) => {
                     warn!(error = %e, "reading a snapshot file to send failed");
-                    return;
+                    return None;
                 }
             }
         }
     });
-    transport
+    let result = transport
         .send_snapshot(
             to,
             OutgoingSnapshot {
@@ -746,7 +790,9 @@ async fn stream_file<T: Transport + ?Sized>(
                 chunks: rx,
             },
         )
-        .await
+        .await;
+    let damaged = reading.await.unwrap_or(None);
+    (result, damaged)
 }
 
 /// The snapshot store a sidecar uses when none is given.

@@ -261,7 +261,16 @@ impl SnapshotStore {
             len,
             read: 0,
             location,
+            verifier: Some(Verifier::new()),
         })
+    }
+
+    /// Deletes one snapshot file (a damaged one). A reader that already opened it can
+    /// finish reading it.
+    pub fn remove(&self, info: &SnapshotInfo) -> Result<(), SnapshotError> {
+        self.backend
+            .remove(&info.name)
+            .map_err(|e| SnapshotError::io(self.location(info), e))
     }
 
     /// Starts receiving a snapshot file from a peer. Bytes are verified as they are
@@ -323,6 +332,10 @@ pub struct SnapshotReader {
     len: u64,
     read: u64,
     location: String,
+    /// Checks the bytes as they are read: the last chunk of a damaged file is not
+    /// handed out; [`SnapshotReader::next_chunk`] fails with `Corrupt` instead.
+    /// `None` once the whole file was read and verified.
+    verifier: Option<Verifier>,
 }
 
 impl SnapshotReader {
@@ -362,6 +375,18 @@ impl SnapshotReader {
         }
         buf.truncate(filled);
         self.read += filled as u64;
+        let corrupt = |location: &str, e: FormatError| SnapshotError::Corrupt {
+            location: location.to_owned(),
+            reason: e.to_string(),
+        };
+        if let Some(v) = self.verifier.as_mut() {
+            v.update(&buf).map_err(|e| corrupt(&self.location, e))?;
+        }
+        if self.read == self.len {
+            if let Some(v) = self.verifier.take() {
+                v.finish().map_err(|e| corrupt(&self.location, e))?;
+            }
+        }
         Ok(buf.freeze())
     }
 }

@@ -73,6 +73,44 @@ fn a_truncated_file_is_reported() {
 }
 
 #[test]
+fn a_reader_hands_out_a_good_file_whole_and_refuses_the_end_of_a_damaged_one() {
+    for (store, dir) in stores() {
+        let info = store.save(&meta(7, 2), &image(50_000, 3)).unwrap();
+        let raw = store.raw_for_test(&info).unwrap();
+        let mut r = store.reader(&info).unwrap();
+        let mut read = Vec::new();
+        loop {
+            let c = r.next_chunk(4096).unwrap();
+            if c.is_empty() {
+                break;
+            }
+            read.extend_from_slice(&c);
+        }
+        assert_eq!(read, raw, "a good file is streamed as stored");
+
+        let mut bad = raw.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x01;
+        match &dir {
+            Some(d) => std::fs::write(d.path().join("snaps").join(info.name()), &bad).unwrap(),
+            None => store.overwrite_for_test(&info, Bytes::from(bad)),
+        }
+        let mut r = store.reader(&info).unwrap();
+        let mut sent = 0;
+        let err = loop {
+            match r.next_chunk(4096) {
+                Ok(c) if c.is_empty() => panic!("a damaged file was streamed to its end"),
+                Ok(c) => sent += c.len(),
+                Err(e) => break e,
+            }
+        };
+        assert!(sent < raw.len(), "the last chunk is withheld");
+        let msg = err.to_string();
+        assert!(msg.contains(info.name()), "{msg}");
+    }
+}
+
+#[test]
 fn a_file_whose_name_disagrees_with_its_content_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = SnapshotStore::open_dir(dir.path()).unwrap();
