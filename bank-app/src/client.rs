@@ -151,6 +151,12 @@ pub enum ClientError {
     /// The client configuration is unusable.
     #[error("invalid client configuration: {0}")]
     Config(String),
+    /// The cluster dropped this client's session (expired or evicted) while a retry
+    /// of this write was pending: an earlier attempt may have been applied, and the
+    /// session that could have told is gone. The outcome is unknown; the client has
+    /// started a fresh session for its next request.
+    #[error("session lost while retrying: {0}")]
+    SessionLost(String),
 }
 
 impl ClientError {
@@ -163,7 +169,10 @@ impl ClientError {
     pub fn outcome_unknown(&self) -> bool {
         matches!(
             self,
-            ClientError::Unavailable(_) | ClientError::Timeout(_) | ClientError::Transport(_)
+            ClientError::Unavailable(_)
+                | ClientError::Timeout(_)
+                | ClientError::Transport(_)
+                | ClientError::SessionLost(_)
         )
     }
 }
@@ -501,14 +510,34 @@ impl Client {
             // operation could be answered with this one's recorded response.
             session.next_seq += 1;
             let request = Request::new(session.client_id, seq, op);
-            match self.execute(RequestKind::Write(request), true).await? {
+            // Whether an attempt that may have reached the leader ended without an
+            // answer (so this very request may already be applied).
+            let mut maybe_applied = false;
+            match self
+                .execute_tracked(RequestKind::Write(request), true, &mut maybe_applied)
+                .await?
+            {
+                ServerReply::Written {
+                    response: Response::Rejected(Rejection::SessionExpired { client_id }),
+                    ..
+                } if client_id == session.client_id && maybe_applied => {
+                    // This attempt was refused, but an earlier one may have been
+                    // applied before the session was dropped: resending under a new
+                    // session could apply it twice. Say the outcome is unknown, and
+                    // start a fresh session for what comes next.
+                    session.client_id = random_u64();
+                    session.next_seq = 1;
+                    return Err(ClientError::SessionLost(format!(
+                        "session {client_id} was dropped while request {seq} was being retried"
+                    )));
+                }
                 ServerReply::Written {
                     response: Response::Rejected(Rejection::SessionExpired { client_id }),
                     ..
                 } if client_id == session.client_id && !renewed => {
                     // The session is gone (expired, evicted, or its first request never
-                    // arrived) and this request was not applied: start a fresh session
-                    // and send it again, once.
+                    // arrived) and this request, sent once, was not applied: start a
+                    // fresh session and send it again, once.
                     tracing::debug!(client_id, "session expired; starting a new one");
                     session.client_id = random_u64();
                     session.next_seq = 1;
@@ -603,6 +632,20 @@ impl Client {
     /// request, so the same sequence number for a write) until the total timeout.
     /// Returns replies that carry an answer; turns the others into errors.
     async fn execute(&self, kind: RequestKind, is_write: bool) -> Result<ServerReply, ClientError> {
+        let mut maybe_delivered = false;
+        self.execute_tracked(kind, is_write, &mut maybe_delivered).await
+    }
+
+    /// [`Client::execute`], also telling whether an attempt that may have reached a
+    /// leader ended without an answer (a timeout, a broken connection, or "unavailable"
+    /// from a node that may have proposed it): for a write, whether this request may
+    /// already have been applied by the time the final answer comes.
+    async fn execute_tracked(
+        &self,
+        kind: RequestKind,
+        is_write: bool,
+        maybe_delivered: &mut bool,
+    ) -> Result<ServerReply, ClientError> {
         let cfg = &self.inner.cfg;
         let deadline = Instant::now() + cfg.total_timeout;
         let mut backoff = cfg.backoff_initial;
@@ -614,6 +657,8 @@ impl Client {
             let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
             let received_before = self.datagrams_received(target);
             let attempt = tokio::time::timeout(budget, self.attempt(target, id, kind.clone())).await;
+            // Set when the node answered that it is not the leader.
+            let mut not_leader = false;
             // `move_on`: the next attempt goes to another node.
             let (err, move_on) = match attempt {
                 Err(_) => {
@@ -630,6 +675,7 @@ impl Client {
                         leader_id,
                         leader_client_addr,
                     } => {
+                        not_leader = true;
                         let hint = match &leader_client_addr {
                             Some(a) => resolve(a).await,
                             None => None,
@@ -675,6 +721,11 @@ impl Client {
                     }
                 },
             };
+            // A node that answered "not the leader" did not propose the request; any
+            // other failed attempt may have.
+            if !not_leader {
+                *maybe_delivered = true;
+            }
             if move_on {
                 // A node that failed us is not tried first again; the next one will
                 // redirect if it is not the leader either.

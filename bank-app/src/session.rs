@@ -37,6 +37,11 @@
 //! Both are cheap: sessions are also indexed by their last-activity index, and since
 //! every applied entry touches at most one session, that index is unique per session.
 //!
+//! A client whose retry of `seq > 1` meets `SessionExpired` cannot tell whether an
+//! earlier attempt was applied before the session was dropped; the client library
+//! reports that as an unknown outcome (`ClientError::SessionLost`) rather than
+//! resending under a new session.
+//!
 //! Known limit: if a session is dropped *between* the first application of its `seq ==
 //! 1` request and a retry of that same request, the retry starts a new session and is
 //! applied again. Expiry makes this need a retry delayed by `session_ttl_entries`

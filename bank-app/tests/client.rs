@@ -348,3 +348,56 @@ async fn an_evicted_session_is_renewed_and_the_write_applied_once() {
         "b renews its own session just as well"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_dropped_between_an_apply_and_its_retry_is_an_unknown_outcome_not_a_second_apply() {
+    // Room for one session only, so another client's write evicts ours.
+    let config = BankConfig {
+        max_sessions: 1,
+        ..BankConfig::default()
+    };
+    let cluster = TestCluster::start_with(3, None, config).await;
+    let leader = cluster.wait_leader().await;
+    let a = Client::connect(cluster.client_config(cluster.addrs()))
+        .await
+        .expect("a");
+    let b = Client::connect(cluster.client_config(cluster.addrs()))
+        .await
+        .expect("b");
+    a.open_account(1, 0).await.expect("open 1");
+    let first = a.session().await;
+
+    // a's deposit is applied but its reply is lost, so a will retry it; before the
+    // retry, b's write evicts a's session.
+    cluster.node(leader).server.faults().drop_write_replies(1);
+    let deposit = {
+        let a = a.clone();
+        tokio::spawn(async move { a.deposit(1, 5).await })
+    };
+    wait_for("a's deposit to be applied", T, || {
+        cluster.node(leader).bank.read().balance(1) == Some(5)
+    })
+    .await;
+    b.open_account(2, 0).await.expect("open 2: evicts a's session");
+    assert!(
+        cluster
+            .node(leader)
+            .bank
+            .read()
+            .session(first.client_id)
+            .is_none(),
+        "a's session is gone"
+    );
+
+    // The retry finds no session. Resending under a new session would deposit twice;
+    // the client must report that the outcome is unknown instead.
+    let outcome = deposit.await.expect("deposit task");
+    match &outcome {
+        Err(e @ ClientError::SessionLost(_)) => assert!(e.outcome_unknown()),
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+    assert_eq!(a.balance(1).await, Ok(5), "the deposit was applied once");
+    // The client goes on with a fresh session.
+    assert_eq!(a.deposit(1, 1).await, Ok(6));
+    assert_ne!(a.session().await.client_id, first.client_id);
+}

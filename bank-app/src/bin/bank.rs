@@ -262,6 +262,7 @@ fn report_error(json: bool, e: &ClientError) -> u8 {
             let kind = match other {
                 ClientError::Unavailable(_) => "unavailable",
                 ClientError::Timeout(_) => "timeout",
+                ClientError::SessionLost(_) => "session_lost",
                 ClientError::Transport(_) => "transport",
                 ClientError::Tls(_) => "tls",
                 ClientError::Protocol(_) => "protocol",
