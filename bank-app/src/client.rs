@@ -39,7 +39,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -616,7 +616,8 @@ impl Client {
     pub async fn node_status(&self, node: SocketAddr) -> Result<NodeStatus, ClientError> {
         let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
         let timeout = self.inner.cfg.request_timeout;
-        let reply = tokio::time::timeout(timeout, self.attempt(node, id, RequestKind::Status))
+        let sent = AtomicBool::new(false);
+        let reply = tokio::time::timeout(timeout, self.attempt(node, id, RequestKind::Status, &sent))
             .await
             .map_err(|_| ClientError::Timeout(format!("{node}: no answer within {timeout:?}")))??;
         match reply {
@@ -656,7 +657,10 @@ impl Client {
             let budget = cfg.request_timeout.min(deadline.saturating_duration_since(now));
             let id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
             let received_before = self.datagrams_received(target);
-            let attempt = tokio::time::timeout(budget, self.attempt(target, id, kind.clone())).await;
+            // Set once the request's bytes start to leave: before that, a failed
+            // attempt certainly did not reach the node.
+            let sent = AtomicBool::new(false);
+            let attempt = tokio::time::timeout(budget, self.attempt(target, id, kind.clone(), &sent)).await;
             // Set when the node answered that it is not the leader.
             let mut not_leader = false;
             // `move_on`: the next attempt goes to another node.
@@ -721,9 +725,9 @@ impl Client {
                     }
                 },
             };
-            // A node that answered "not the leader" did not propose the request; any
-            // other failed attempt may have.
-            if !not_leader {
+            // A node that answered "not the leader" did not propose the request, nor
+            // did one the request never reached; any other failed attempt may have.
+            if !not_leader && sent.load(Ordering::Relaxed) {
                 *maybe_delivered = true;
             }
             if move_on {
@@ -764,9 +768,10 @@ impl Client {
         target: SocketAddr,
         id: u64,
         kind: RequestKind,
+        sent: &AtomicBool,
     ) -> Result<ServerReply, ClientError> {
         let conn = self.connection(target).await?;
-        let result = self.exchange(target, &conn, id, kind).await;
+        let result = self.exchange(target, &conn, id, kind, sent).await;
         if result.is_err() && conn.close_reason().is_some() {
             self.drop_connection(target, &conn).await;
         }
@@ -779,6 +784,7 @@ impl Client {
         conn: &Connection,
         id: u64,
         kind: RequestKind,
+        sent: &AtomicBool,
     ) -> Result<ServerReply, ClientError> {
         let max = self.inner.cfg.max_frame_len;
         let frame = encode_frame(&ClientFrame::Request(ClientRequest { id, kind }), max)
@@ -786,6 +792,7 @@ impl Client {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(target, &e))?;
         // The node may answer, and stop our side, before reading everything (an
         // oversized request): the reply is read regardless.
+        sent.store(true, Ordering::Relaxed);
         if let Err(error) = send.write_all(&frame).await {
             tracing::debug!(%target, %error, "request write failed");
         }

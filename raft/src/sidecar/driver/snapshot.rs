@@ -621,6 +621,31 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
     /// offered again, it is deleted (a restart would skip it anyway), and a fresh
     /// snapshot is taken so that followers that need one can be served.
     fn forget_damaged(&mut self, info: &SnapshotInfo, reason: &str) {
+        // The report may be late: a fresh snapshot at the same index (so the same
+        // name) may already have replaced the damaged file. Only a file that is still
+        // damaged now is deleted; one that cannot be read any more is forgotten.
+        let store = &self.snap.store;
+        match blocking_here(|| verify_file(store, info)) {
+            Ok(()) => {
+                info!(
+                    node = self.cfg.id,
+                    index = info.index,
+                    "a damaged snapshot file was already replaced by a good one"
+                );
+                return;
+            }
+            Err(SnapshotError::Corrupt { .. }) => {}
+            Err(e) => {
+                warn!(node = self.cfg.id, index = info.index, error = %e,
+                    "a damaged snapshot file cannot be read any more; forgetting it");
+                self.snap.known.retain(|k| k.name() != info.name());
+                self.snap.status.index = self.snap.known.first().map_or(0, |k| k.index);
+                if !self.snap.creating {
+                    self.start_snapshot(None);
+                }
+                return;
+            }
+        }
         error!(
             node = self.cfg.id,
             index = info.index,
@@ -741,6 +766,13 @@ fn blocking_here<R>(f: impl FnOnce() -> R) -> R {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
+}
+
+/// Reads a whole snapshot file through its verifying reader, keeping nothing.
+fn verify_file(store: &SnapshotStore, info: &SnapshotInfo) -> Result<(), SnapshotError> {
+    let mut reader = store.reader(info)?;
+    while !reader.next_chunk(1 << 20)?.is_empty() {}
+    Ok(())
 }
 
 /// Streams one file: a blocking reader feeds a small bounded channel that the
