@@ -145,3 +145,39 @@ fn acknowledged_entries_survive_a_crash() {
     net.deliver_where(|m| m.to == 1);
     assert_eq!(net.node(1).commit_index(), index, "the ack counted");
 }
+
+/// Figure 2's rule for a leader that needed no votes: a single-voter cluster elects
+/// itself at once, so its new term is not yet on disk when it starts sending appends
+/// to its learners. Those appends must wait for the write of that term (they are
+/// `persisted_messages`), or a crash before the write could let it win the same term
+/// again and send a different entry with the same index and term.
+#[test]
+fn a_single_voter_leader_sends_nothing_in_its_new_term_before_that_term_is_durable() {
+    let mut r = restore(&[1], 3, &[1, 2]);
+    r.snapshot.membership.learners.insert(2);
+    let mut node = raft::core::RaftNode::new(default_config(1), r).expect("valid config");
+    for _ in 0..(10 * ELECTION) {
+        node.tick();
+        if node.role() == Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(node.role(), Role::Leader, "the only voter elects itself");
+    assert!(node.term() > 3);
+    let rd = node.ready();
+    let hard = rd.hard_state.expect("the new term is handed out to persist");
+    assert_eq!(hard.term, node.term());
+    assert!(
+        rd.messages.iter().all(|m| m.term < node.term()),
+        "nothing of the new term leaves before the write: {:?}",
+        rd.messages
+    );
+    assert!(
+        rd.persisted_messages
+            .iter()
+            .any(|m| m.to == 2 && matches!(m.body, MessageBody::Append(_))),
+        "the learner's append waits for the write: {:?}",
+        rd.persisted_messages
+    );
+    node.advance();
+}

@@ -264,6 +264,11 @@ pub struct RaftNode {
     pending_snapshot: Option<SnapshotMeta>,
     prev_hard: HardState,
     prev_soft: SoftState,
+    /// The highest term known durable (restored, or written by a ready the driver
+    /// has since acknowledged with `advance`).
+    durable_term: Term,
+    /// The term of the hard state handed out by the latest ready, until `advance`.
+    term_in_flight: Option<Term>,
 }
 
 impl RaftNode {
@@ -308,6 +313,8 @@ impl RaftNode {
             read_states: Vec::new(),
             pending_snapshot: None,
             prev_hard: hard_state,
+            durable_term: hard_state.term,
+            term_in_flight: None,
             prev_soft: SoftState {
                 role: Role::Follower,
                 leader: None,
@@ -555,6 +562,7 @@ impl RaftNode {
         self.prev_soft = soft;
         if write_hard {
             self.prev_hard = hard;
+            self.term_in_flight = Some(hard.term);
         }
         rd
     }
@@ -620,6 +628,9 @@ impl RaftNode {
     /// persistence is durable.
     pub fn advance(&mut self) {
         self.log.persisted_in_flight();
+        if let Some(t) = self.term_in_flight.take() {
+            self.durable_term = self.durable_term.max(t);
+        }
         if self.role == Role::Leader {
             self.maybe_commit();
         }
@@ -847,7 +858,12 @@ impl RaftNode {
             term: self.term,
             body,
         };
-        if early {
+        // Nothing leaves in a term that is not yet durable here. A leader normally
+        // made its term durable before asking for votes, but a single-voter cluster
+        // wins at once: its appends to learners must wait for the write of its new
+        // term, or after a crash it could win that same term again and send a
+        // different entry with the same index and term.
+        if early && self.term <= self.durable_term {
             self.msgs.push(msg);
         } else {
             self.persisted_msgs.push(msg);
