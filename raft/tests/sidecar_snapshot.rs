@@ -106,6 +106,14 @@ async fn wait_snapshot_counters(cluster: &Cluster, leader: NodeId, follower: Nod
     .await;
 }
 
+/// Damages a file in place: one byte in its middle is inverted.
+fn flip_middle_byte(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(path, &bytes).unwrap();
+}
+
 fn follower_of(leader: NodeId) -> NodeId {
     (1..=3).find(|&i| i != leader).unwrap()
 }
@@ -274,11 +282,7 @@ async fn a_corrupt_latest_snapshot_is_skipped_for_the_previous_one() {
     let files = cluster.nodes[&node].snapshots.list().unwrap();
     assert_eq!(files.len(), 2);
     assert_eq!(files[0].index, newer);
-    let path = dir.join(files[0].name());
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xFF;
-    std::fs::write(&path, &bytes).unwrap();
+    flip_middle_byte(&dir.join(files[0].name()));
 
     cluster.restart(node).await;
     cluster.wait_applied(last, T).await;
@@ -524,11 +528,7 @@ async fn a_leader_whose_snapshot_file_is_damaged_takes_a_fresh_one_for_the_follo
     let files = cluster.nodes[&leader].snapshots.list().unwrap();
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].index, damaged);
-    let path = dir.join(files[0].name());
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xFF;
-    std::fs::write(&path, &bytes).unwrap();
+    flip_middle_byte(&dir.join(files[0].name()));
     let created_before = cluster.handle(leader).status().snapshot.created;
 
     // The follower comes back needing a snapshot: the first transfer finds the file

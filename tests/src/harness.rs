@@ -276,6 +276,15 @@ impl Harness {
         )
     }
 
+    /// A node of the cluster other than `leader` (the one with the smallest id).
+    pub fn a_follower(&self, leader: NodeId) -> NodeId {
+        self.cluster
+            .node_ids()
+            .into_iter()
+            .find(|&id| id != leader)
+            .expect("a follower")
+    }
+
     /// Waits until node `id` has applied at least `index`; returns its status.
     pub fn wait_applied(&self, id: NodeId, index: u64, timeout: Duration) -> StatusReport {
         wait_until(&format!("node {id} to apply index {index}"), timeout, || {

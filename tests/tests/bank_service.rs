@@ -75,12 +75,7 @@ fn a_write_to_a_follower_is_redirected() {
     let _serial = serial();
     let mut h = Harness::start(3);
     let leader = h.wait_leader();
-    let follower = h
-        .cluster
-        .node_ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let follower = h.a_follower(leader);
     let leader_client = h.client_addr(leader).to_string();
     let ca = h.ca_pem().to_owned();
 

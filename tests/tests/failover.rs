@@ -61,12 +61,7 @@ fn a_restarted_node_rejoins_and_catches_up() {
     let _serial = serial();
     let mut h = Harness::start(3);
     let leader = h.wait_leader();
-    let follower = h
-        .cluster
-        .node_ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let follower = h.a_follower(leader);
     let accounts: Vec<AccountId> = (1..=4).collect();
     let mut expected: BTreeMap<AccountId, u64> = h.open_accounts(&accounts, 10_000);
     let client = h.client(h.all_client_addrs());
@@ -192,12 +187,7 @@ fn a_client_of_a_node_that_restarts_is_served_again_promptly() {
     let _serial = serial();
     let mut h = Harness::start(3);
     let leader = h.wait_leader();
-    let follower = h
-        .cluster
-        .node_ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let follower = h.a_follower(leader);
     h.open_accounts(&[1], 5);
     let client = h.client(vec![h.client_addr(follower)]);
     assert_eq!(h.block_on(client.balance_stale(1)), Ok(5));
@@ -228,12 +218,7 @@ fn a_client_that_timed_out_on_a_dead_node_is_served_once_it_is_back() {
     let _serial = serial();
     let mut h = Harness::start(3);
     let leader = h.wait_leader();
-    let follower = h
-        .cluster
-        .node_ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let follower = h.a_follower(leader);
     h.open_accounts(&[1], 5);
     let client = h.client(vec![h.client_addr(follower)]);
     assert_eq!(h.block_on(client.balance_stale(1)), Ok(5));

@@ -42,12 +42,7 @@ fn a_killed_node_is_replaced_by_a_fresh_node_under_load_and_nothing_is_lost() {
     let _serial = serial();
     let mut h = Harness::start(3);
     let leader = h.wait_leader();
-    let failed = h
-        .cluster
-        .node_ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let failed = h.a_follower(leader);
     let survivors: Vec<u64> = (1..=3).filter(|&id| id != failed).collect();
     let accounts: Vec<AccountId> = (1..=6).collect();
     let initial = h.open_accounts(&accounts, 500);

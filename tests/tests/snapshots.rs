@@ -69,12 +69,7 @@ fn a_node_restarted_after_many_operations_loads_its_snapshot_and_replays_only_th
     let _serial = serial();
     let mut h = Harness::start_with_snapshots(3, policy(EVERY, KEEP));
     let leader = h.wait_leader();
-    let follower = h
-        .cluster
-        .node_ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let follower = h.a_follower(leader);
     let accounts: Vec<AccountId> = (1..=8).collect();
     let initial = h.open_accounts(&accounts, 1_000_000);
     let load = h.start_load(&accounts, 16, None, 0x5a4e_0001);
@@ -162,12 +157,7 @@ fn a_failed_node_is_replaced_after_compaction_by_a_snapshot_under_load_and_nothi
     let _serial = serial();
     let mut h = Harness::start_with_snapshots(3, policy(every, KEEP));
     let leader = h.wait_leader();
-    let failed = h
-        .cluster
-        .node_ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let failed = h.a_follower(leader);
     let survivors: Vec<NodeId> = (1..=3).filter(|&id| id != failed).collect();
     let accounts: Vec<AccountId> = (1..=6).collect();
     let initial = h.open_accounts(&accounts, 1_000_000);

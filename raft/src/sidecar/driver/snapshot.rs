@@ -625,7 +625,7 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
         // name) may already have replaced the damaged file. Only a file that is still
         // damaged now is deleted; one that cannot be read any more is forgotten.
         let store = &self.snap.store;
-        match blocking_here(|| verify_file(store, info)) {
+        let still_damaged = match blocking_here(|| verify_file(store, info)) {
             Ok(()) => {
                 info!(
                     node = self.cfg.id,
@@ -634,32 +634,29 @@ impl<T: Transport + ?Sized, M: StateMachine> Driver<T, M> {
                 );
                 return;
             }
-            Err(SnapshotError::Corrupt { .. }) => {}
+            Err(SnapshotError::Corrupt { .. }) => true,
             Err(e) => {
                 warn!(node = self.cfg.id, index = info.index, error = %e,
                     "a damaged snapshot file cannot be read any more; forgetting it");
-                self.snap.known.retain(|k| k.name() != info.name());
-                self.snap.status.index = self.snap.known.first().map_or(0, |k| k.index);
-                if !self.snap.creating {
-                    self.start_snapshot(None);
-                }
-                return;
+                false
             }
-        }
-        error!(
-            node = self.cfg.id,
-            index = info.index,
-            reason,
-            "our snapshot file is damaged; deleting it and taking a fresh snapshot"
-        );
-        metrics::counter!("raft_snapshot_damaged_total").increment(1);
+        };
         self.snap.known.retain(|k| k.name() != info.name());
         self.snap.status.index = self.snap.known.first().map_or(0, |k| k.index);
-        // Deleted before the fresh snapshot starts, which may be at the same index
-        // (and so have the same name).
-        let store = &self.snap.store;
-        if let Err(e) = blocking_here(|| store.remove(info)) {
-            warn!(node = self.cfg.id, error = %e, "could not delete a damaged snapshot file");
+        if still_damaged {
+            error!(
+                node = self.cfg.id,
+                index = info.index,
+                reason,
+                "our snapshot file is damaged; deleting it and taking a fresh snapshot"
+            );
+            metrics::counter!("raft_snapshot_damaged_total").increment(1);
+            // Deleted before the fresh snapshot starts, which may be at the same index
+            // (and so have the same name).
+            let store = &self.snap.store;
+            if let Err(e) = blocking_here(|| store.remove(info)) {
+                warn!(node = self.cfg.id, error = %e, "could not delete a damaged snapshot file");
+            }
         }
         if !self.snap.creating {
             self.start_snapshot(None);
@@ -785,11 +782,13 @@ async fn stream_file<T: Transport + ?Sized>(
     to: NodeId,
     term: Term,
 ) -> (Result<(), SnapshotSendError>, Option<String>) {
-    let opened = tokio::task::spawn_blocking(move || store.reader(&info)).await;
+    let opened = match tokio::task::spawn_blocking(move || store.reader(&info)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     let reader = match opened {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return (Err(SnapshotSendError::Failed(e.to_string())), None),
-        Err(e) => return (Err(SnapshotSendError::Failed(e.to_string())), None),
+        Ok(r) => r,
+        Err(e) => return (Err(SnapshotSendError::Failed(e)), None),
     };
     let len = reader.len();
     let (tx, rx) = mpsc::channel(SNAPSHOT_CHUNKS_IN_FLIGHT);
